@@ -1,0 +1,133 @@
+"""The `cnnlab` command line: parse, call one library function, print.
+
+Heavy libraries (TensorFlow, Keras, matplotlib, scikit-learn) are imported by the
+commands that need them, never here, so `cnnlab --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cnnlab.errors import CnnlabError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Train, evaluate and use Keras image classifiers from one YAML file.",
+)
+_state = {"debug": False}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+def user_errors(command):
+    """Turn a CnnlabError into one line on stderr and exit code 2 (a traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CnnlabError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a config value, e.g. --set train.epochs=3 --set model.layers[0].filters=16."),
+]
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="The YAML config to train.", show_default=False)] = None,
+    overrides: Overrides = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are created.")] = Path("runs"),
+    device: Annotated[Device, typer.Option(help="Where to train; gpu fails if there is none.")] = Device.auto,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue an interrupted run directory instead of starting a new run.")] = None,
+) -> None:
+    """Train a model from CONFIG into runs/<name>-<timestamp>/ and score it on the test split."""
+    from cnnlab import train as training
+    from cnnlab.config import load_config
+
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        if resume is not None:
+            if config is not None or overrides:
+                raise CnnlabError("--resume takes no CONFIG or --set: the run keeps the config it started with.")
+            result = training.resume(resume, device=device.value, echo=typer.echo)
+        else:
+            if config is None:
+                raise CnnlabError("missing CONFIG: give a YAML file, e.g. `cnnlab train configs/cnn.yaml`.")
+            cfg = load_config(config, overrides or [])
+            result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@app.command("config")
+@user_errors
+def show_config(
+    config: Annotated[Path, typer.Argument(help="The YAML config.")],
+    overrides: Overrides = None,
+) -> None:
+    """Print the resolved config: the file, the --set overrides and every default."""
+    from cnnlab.config import load_config
+
+    typer.echo(load_config(config, overrides or []).to_yaml(), nl=False)
+
+
+@app.command()
+@user_errors
+def summary(
+    config: Annotated[Path, typer.Argument(help="The YAML config.")],
+    overrides: Overrides = None,
+) -> None:
+    """Print the layer table (output shapes, parameters) of CONFIG's model; no training, no data."""
+    from cnnlab.config import load_config
+    from cnnlab.model import build_model, check_model, summary_text
+
+    cfg = load_config(config, overrides or [])
+    plan = check_model(cfg, str(config))
+    from cnnlab.train import init_backend
+
+    init_backend("cpu")
+    typer.echo(summary_text(build_model(cfg, plan.input_shape)), nl=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The config schema: every key, type and default of a cnnlab YAML file lives here.
+
+A config is loaded once (`load_config`), validated against `Config`, and every later
+stage trusts it. Mistakes become a `CnnlabError` naming the file, the field path
+(`model.layers[2].kernel_size`) and what would be valid.
+
+Example:
+    cfg = load_config("configs/cnn.yaml", overrides=["train.epochs=1"])
+    cfg.train.epochs  # 1
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from cnnlab.errors import CnnlabError
+
+DatasetName = Literal["mnist", "fashion_mnist", "xor"]
+ActivationName = Literal[
+    "linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu",
+    "elu", "selu", "gelu", "silu", "swish", "softplus", "softsign", "relu6", "hard_sigmoid",
+]
+LossName = Literal[
+    "sparse_categorical_crossentropy", "categorical_crossentropy",
+    "binary_crossentropy", "mse", "mean_squared_error", "mae", "mean_absolute_error",
+]
+MetricName = Literal["accuracy", "mse", "mae"]
+InitializerName = Literal[
+    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+    "lecun_uniform", "lecun_normal", "zeros", "ones", "random_normal", "random_uniform",
+]
+Padding = Literal["valid", "same"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _as_pair(value: Any) -> Any:
+    return (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Size2D = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_as_pair)]  # 5 means (5, 5)
+RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=100)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- model.layers -------------------------------------------------------------------
+
+
+class InputLayer(_Section):
+    """An explicit input shape; normally the dataset decides it."""
+
+    type: Literal["input"]
+    shape: tuple[PositiveInt, ...]
+
+
+class FlattenLayer(_Section):
+    type: Literal["flatten"]
+
+
+class DenseLayer(_Section):
+    type: Literal["dense"]
+    units: PositiveInt
+    activation: ActivationName = "linear"
+    use_bias: bool = True
+    kernel_initializer: InitializerName = "glorot_uniform"
+
+
+class Conv2DLayer(_Section):
+    type: Literal["conv2d"]
+    filters: PositiveInt
+    kernel_size: Size2D
+    strides: Size2D = (1, 1)
+    padding: Padding = "valid"
+    activation: ActivationName = "linear"
+    use_bias: bool = True
+    kernel_initializer: InitializerName = "glorot_uniform"
+
+
+class PoolingLayer(_Section):
+    type: Literal["max_pooling2d", "average_pooling2d"]
+    pool_size: Size2D = (2, 2)
+    strides: Size2D | None = None  # None: same as pool_size, as in Keras
+    padding: Padding = "valid"
+
+
+class DropoutLayer(_Section):
+    type: Literal["dropout"]
+    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class BatchNormalizationLayer(_Section):
+    type: Literal["batch_normalization"]
+    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    epsilon: Annotated[float, Field(gt=0.0)] = 1e-3
+
+
+class ActivationLayer(_Section):
+    type: Literal["activation"]
+    activation: ActivationName
+
+
+Layer = Annotated[
+    Union[
+        InputLayer, FlattenLayer, DenseLayer, Conv2DLayer, PoolingLayer,
+        DropoutLayer, BatchNormalizationLayer, ActivationLayer,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class ModelSection(_Section):
+    layers: Annotated[list[Layer], Field(min_length=1)]
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+class ValidationSection(_Section):
+    """How to hold out validation data from the training split.
+
+    stratified: scikit-learn's stratified split (class proportions kept), seeded.
+    split: the last `size` fraction, like Keras' `validation_split`.
+    none: no validation data (then nothing `val_*` can be monitored).
+    """
+
+    method: Literal["stratified", "split", "none"] = "stratified"
+    size: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    random_state: int = 777
+
+
+class DataSection(_Section):
+    dataset: DatasetName = "mnist"
+    dir: str | None = None  # default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab/datasets
+    download: bool = True  # fetch a missing data set (never a corrupt one)
+    scale: Annotated[float, Field(gt=0.0)] = 255.0  # pixels become x / scale
+    validation: ValidationSection = ValidationSection()
+    train_samples: PositiveInt | None = None  # use only the first N training images
+    test_samples: PositiveInt | None = None  # use only the first N test images
+    repeat: PositiveInt = 1  # repeat the training set N times per epoch (tiny sets: xor)
+
+
+# --- train --------------------------------------------------------------------------
+
+
+class SGD(_Section):
+    name: Literal["sgd"]
+    learning_rate: Annotated[float, Field(gt=0.0)] = 0.01
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    nesterov: bool = False
+
+
+class Adam(_Section):
+    name: Literal["adam"]
+    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001
+    beta_1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    beta_2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
+    epsilon: Annotated[float, Field(gt=0.0)] = 1e-7
+
+
+class Adagrad(_Section):
+    name: Literal["adagrad"]
+    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001
+
+
+class RMSprop(_Section):
+    name: Literal["rmsprop"]
+    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001
+    rho: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+Optimizer = Annotated[Union[SGD, Adam, Adagrad, RMSprop], Field(discriminator="name")]
+
+
+class CheckpointSection(_Section):
+    """Keep the best model seen so far (always as `best.keras` in the run directory).
+
+    `filename` adds a copy named by a Keras-style pattern, e.g.
+    `dm_{epoch:02d}_{val_accuracy:0.2f}.hdf5`.
+    """
+
+    monitor: str = "val_accuracy"
+    mode: Literal["auto", "min", "max"] = "auto"
+    save_best_only: bool = True
+    filename: str | None = None
+
+
+class EarlyStoppingSection(_Section):
+    monitor: str = "val_accuracy"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: Annotated[int, Field(ge=0)] = 10
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    restore_best_weights: bool = True
+
+
+class TrainSection(_Section):
+    optimizer: Optimizer = Adam(name="adam")
+    loss: LossName = "sparse_categorical_crossentropy"
+    metrics: list[MetricName] = ["accuracy"]
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 32
+    checkpoint: CheckpointSection = CheckpointSection()
+    early_stopping: EarlyStoppingSection | None = None  # null: train all epochs
+    tensorboard: bool = False  # write TensorBoard logs to <run>/tensorboard
+
+
+class Config(_Section):
+    name: RunName
+    seed: int = 42
+    data: DataSection = DataSection()
+    model: ModelSection
+    train: TrainSection = TrainSection()
+
+    def one_hot_labels(self) -> bool:
+        """Whether targets are one-hot vectors (vs integer class ids).
+
+        `sparse_*` losses take integers; a single output unit takes a 0/1 column;
+        every other loss gets one vector per sample, as Keras' `to_categorical` gives.
+        """
+        if self.train.loss.startswith("sparse_"):
+            return False
+        return output_units(self) != 1
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def output_units(cfg: Config) -> int | None:
+    """Units of the last layer that decides the output width (the last dense layer)."""
+    for layer in reversed(cfg.model.layers):
+        if isinstance(layer, DenseLayer):
+            return layer.units
+    return None
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `key.path=value` overrides, validate it."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    for override in overrides:
+        apply_override(data, override, path)
+    return validate_config(data, path)
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    if not path.exists():
+        raise CnnlabError(f"{path}: config file not found.")
+    if path.is_dir():
+        raise CnnlabError(f"{path}: is a directory, expected a YAML config file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise CnnlabError(f"{path}: is not a text file, expected a YAML config.") from None
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CnnlabError(f"{path}: is not valid YAML{where}: {problem}.") from None
+    if data is None:
+        raise CnnlabError(f"{path}: the config is empty; it needs at least `name` and `model.layers`.")
+    if not isinstance(data, dict):
+        raise CnnlabError(
+            f"{path}: the config must be a mapping of keys (name, data, model, train), "
+            f"got a YAML {type(data).__name__}."
+        )
+    return data
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_override(data: dict, override: str, source: Path) -> None:
+    """Apply one `--set a.b[0].c=value` override; the value is parsed as YAML."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise CnnlabError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=3.")
+    parts: list[str | int] = []
+    for name, index in _PATH_PART.findall(key.strip()):
+        parts.append(int(index) if index else (int(name) if name.isdigit() else name))
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise CnnlabError(f"--set {override!r}: the value {raw!r} is not valid YAML.") from None
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        node = _step(node, part, parts[: depth + 1], override, create=True)
+    last = parts[-1]
+    if isinstance(last, int):
+        _step(node, last, parts, override, create=False)  # checks the index exists
+    elif not isinstance(node, dict):
+        raise CnnlabError(f"--set {override!r}: {format_path(parts[:-1])} is not a mapping.")
+    node[last] = value
+
+
+def _step(node: Any, part: str | int, so_far: list, override: str, create: bool) -> Any:
+    if isinstance(part, int):
+        if not isinstance(node, list):
+            raise CnnlabError(f"--set {override!r}: {format_path(so_far[:-1])} is not a list.")
+        if part >= len(node):
+            raise CnnlabError(
+                f"--set {override!r}: {format_path(so_far)} does not exist "
+                f"(the list has {len(node)} items)."
+            )
+        return node[part]
+    if not isinstance(node, dict):
+        raise CnnlabError(f"--set {override!r}: {format_path(so_far[:-1])} is not a mapping.")
+    if part not in node or node[part] is None:
+        if not create:
+            raise CnnlabError(f"--set {override!r}: {format_path(so_far)} does not exist.")
+        node[part] = {}
+    return node[part]
+
+
+def format_path(loc: list | tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_config(data: dict, source: Path | str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise CnnlabError(f"{source}: {_describe(exc.errors()[0], data)}") from None
+
+
+def _describe(error: dict, data: dict) -> str:
+    """One sentence for the first pydantic error, with a user-facing field path."""
+    loc = _user_path(error["loc"], data)
+    path = format_path(loc)
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        model = _schema_at(loc[:-1], data)
+        valid = sorted(model.model_fields) if model else []
+        return (
+            f"unknown key {path!r}{_did_you_mean(str(loc[-1]), valid)}; "
+            f"valid keys here: {', '.join(valid)}."
+        )
+    if kind == "union_tag_invalid":
+        tag_key = error["ctx"]["discriminator"].strip("'")
+        tags = re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
+        what = "layer type" if tag_key == "type" else "optimizer"
+        tag = str(error["ctx"]["tag"])
+        return f"{path}.{tag_key}: unknown {what} {tag!r}{_did_you_mean(tag, tags)}; valid: {', '.join(tags)}."
+    if kind == "union_tag_not_found":
+        tag_key = error["ctx"]["discriminator"].strip("'")
+        return f"{path}: missing `{tag_key}`."
+    if kind == "missing":
+        return f"{path}: required field is missing."
+    if kind == "literal_error":
+        options = re.findall(r"'([^']+)'", error["ctx"]["expected"])
+        return (
+            f"{path}: {value!r} is not valid{_did_you_mean(str(value), options)}; "
+            f"valid: {', '.join(options)}."
+        )
+    if kind == "string_pattern_mismatch" and loc == ["name"]:
+        return (
+            f"name: {value!r} is not a valid run name; use letters, digits and _ - . + "
+            "(it becomes a folder name under the runs directory)."
+        )
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{path}: expected a mapping of keys, got {value!r}."
+    return f"{path}: {error['msg'].rstrip('.')} (got {value!r})."
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(part, int):
+        return node[part] if isinstance(node, list) and part < len(node) else None
+    return node.get(part) if isinstance(node, dict) else None
+
+
+def _user_path(loc: tuple, data: Any) -> list:
+    """Pydantic's error location without the union tags it adds.
+
+    Pydantic says `model.layers.2.dense.units`; the user wrote `model.layers[2].units`.
+    """
+    out: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in (node.get("type"), node.get("name")):
+            continue
+        out.append(part)
+        node = _child(node, part)
+    return out
+
+
+_UNIONS: dict[str, tuple] = {
+    "layers": Layer.__origin__.__args__,  # type: ignore[attr-defined]
+    "optimizer": Optimizer.__origin__.__args__,  # type: ignore[attr-defined]
+}
+
+
+def _schema_at(path: list, data: Any) -> type[BaseModel] | None:
+    """The schema class that describes the mapping found at `path` in the input."""
+    model: Any = Config
+    node: Any = data
+    for part in path:
+        node = _child(node, part)
+        if not isinstance(part, int):
+            model = _UNIONS.get(part) or _field_model(model, part)
+        if isinstance(model, tuple) and part != "layers":  # a tagged union: the input's tag picks
+            model = _tagged_class(model, node)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _field_model(model: Any, part: str) -> Any:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        return None
+    annotation = model.model_fields[part].annotation
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _tagged_class(union: tuple, node: Any) -> Any:
+    if not isinstance(node, dict):
+        return None
+    for cls in union:
+        for key in ("type", "name"):
+            field = cls.model_fields.get(key)
+            if field is not None and node.get(key) in getattr(field.annotation, "__args__", ()):
+                return cls
+    return None
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,225 @@
+"""Models: check an architecture without TensorFlow, then build it as a Keras Sequential.
+
+`check_model` walks the layer list with plain arithmetic (output size
+(H + 2P - F) / S + 1), so an impossible shape or a loss that does not fit the output
+is reported in a second, before TensorFlow is imported or data is loaded.
+
+Example:
+    cfg = load_config("configs/dnn.yaml")
+    plan = check_model(cfg, "configs/dnn.yaml")
+    plan.params  # 101770
+    model = build_model(cfg, plan.input_shape)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab.config import Config, output_units
+from cnnlab.data import DATASETS
+from cnnlab.errors import CnnlabError
+
+_SPATIAL = ("conv2d", "max_pooling2d", "average_pooling2d")
+
+
+@dataclass
+class LayerPlan:
+    index: int
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+
+
+@dataclass
+class ModelPlan:
+    input_shape: tuple[int, ...]
+    layers: list[LayerPlan]
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.layers[-1].output_shape if self.layers else self.input_shape
+
+
+def input_shape_for(cfg: Config) -> tuple[int, ...]:
+    """The shape of one sample as the model takes it.
+
+    Images get a channel axis (28, 28, 1), as conv layers need and Flatten accepts;
+    a model that starts with a dense layer gets flat vectors (784,), as in the
+    classic `reshape(60000, 784)` scripts. An `input` layer overrides both.
+    """
+    info = DATASETS[cfg.data.dataset]
+    first = cfg.model.layers[0]
+    if first.type == "input":
+        return tuple(first.shape)
+    if not info.is_image:
+        return info.sample_shape
+    if first.type == "dense":
+        return (int(np.prod(info.sample_shape)),)
+    return (*info.sample_shape, 1)
+
+
+def check_model(cfg: Config, source: str) -> ModelPlan:
+    """Check shapes and the output/loss fit; return every layer's output shape and params."""
+    info = DATASETS[cfg.data.dataset]
+    shape = input_shape_for(cfg)
+    sample_size = int(np.prod(info.sample_shape))
+    if int(np.prod(shape)) != sample_size:
+        raise CnnlabError(
+            f"{source}: model.layers[0].shape: {list(shape)} holds {int(np.prod(shape))} values, "
+            f"but a {cfg.data.dataset} sample has {sample_size} ({'x'.join(map(str, info.sample_shape))})."
+        )
+    plan = ModelPlan(shape, [])
+    for index, layer in enumerate(cfg.model.layers):
+        if layer.type == "input":
+            if index != 0:
+                raise CnnlabError(f"{source}: model.layers[{index}]: an input layer can only come first.")
+            continue
+        shape, params = _layer_output(layer, shape, f"{source}: model.layers[{index}] ({layer.type})")
+        plan.layers.append(LayerPlan(index, layer.type, shape, params))
+    _check_output(cfg, plan, source, info.num_classes)
+    _check_monitors(cfg, source)
+    return plan
+
+
+def _layer_output(layer, shape: tuple[int, ...], where: str) -> tuple[tuple[int, ...], int]:
+    kind = layer.type
+    if kind in _SPATIAL and len(shape) != 3:
+        raise CnnlabError(
+                f"{where}: needs an image input (height, width, channels), got shape {shape}; "
+                "put it before any flatten or dense layer."
+            )
+    if kind == "flatten":
+        return (int(np.prod(shape)),), 0
+    if kind == "dense":
+        return (*shape[:-1], layer.units), shape[-1] * layer.units + (layer.units if layer.use_bias else 0)
+    if kind == "conv2d":
+        out = _spatial(shape, layer.kernel_size, layer.strides, layer.padding, "kernel", where)
+        k = layer.kernel_size[0] * layer.kernel_size[1] * shape[2]
+        return (*out, layer.filters), k * layer.filters + (layer.filters if layer.use_bias else 0)
+    if kind in ("max_pooling2d", "average_pooling2d"):
+        out = _spatial(shape, layer.pool_size, layer.strides or layer.pool_size, layer.padding, "pool", where)
+        return (*out, shape[2]), 0
+    if kind == "batch_normalization":
+        return shape, 4 * shape[-1]
+    return shape, 0  # dropout, activation
+
+
+def _spatial(shape, size, strides, padding, what, where) -> tuple[int, int]:
+    out = []
+    for dim, f, s in zip(shape[:2], size, strides):
+        if padding == "same":
+            out.append(math.ceil(dim / s))
+        elif dim < f:
+            raise CnnlabError(
+                f"{where}: {what} {size[0]}x{size[1]} does not fit its {shape[0]}x{shape[1]}x{shape[2]} "
+                f"input with padding 'valid'; use a smaller {what}, padding: same, or fewer pooling layers before it."
+            )
+        else:
+            out.append((dim - f) // s + 1)
+    return out[0], out[1]
+
+
+def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -> None:
+    units = output_units(cfg)
+    loss = cfg.train.loss
+    last = len(cfg.model.layers) - 1
+    if units is None:
+        raise CnnlabError(f"{source}: model.layers: the model needs a dense output layer with one unit per class.")
+    if len(plan.output_shape) != 1:
+        raise CnnlabError(
+            f"{source}: model.layers[{last}]: the model's output has shape {plan.output_shape}, expected "
+            f"({units},); add a flatten layer before the dense layers."
+        )
+    binary_ok = num_classes == 2 and units in (1, 2)
+    if units != num_classes and not binary_ok:
+        raise CnnlabError(
+            f"{source}: model.layers[{last}].units: the output has {units} units but "
+            f"{cfg.data.dataset} has {num_classes} classes; use units: {num_classes}."
+        )
+    if loss == "binary_crossentropy" and num_classes != 2:
+        raise CnnlabError(
+            f"{source}: train.loss: binary_crossentropy is for 2 classes, but {cfg.data.dataset} has "
+            f"{num_classes}; use categorical_crossentropy (one-hot) or sparse_categorical_crossentropy."
+        )
+    if loss.endswith("categorical_crossentropy") and units == 1:
+        raise CnnlabError(
+            f"{source}: train.loss: {loss} needs one output unit per class, but the output has 1; "
+            "use binary_crossentropy or mse with a single sigmoid unit."
+        )
+
+
+def _check_monitors(cfg: Config, source: str) -> None:
+    names = ["loss", *cfg.train.metrics]
+    if cfg.data.validation.method != "none":
+        names += [f"val_{name}" for name in names]
+    for key, section in (("checkpoint", cfg.train.checkpoint), ("early_stopping", cfg.train.early_stopping)):
+        if section is not None and section.monitor not in names:
+            hint = " (data.validation.method is none, so no val_* values exist)" if section.monitor.startswith("val_") else ""
+            raise CnnlabError(
+                f"{source}: train.{key}.monitor: {section.monitor!r} is not computed{hint}; "
+                f"available: {', '.join(names)}."
+            )
+
+
+def build_model(cfg: Config, input_shape: tuple[int, ...]):
+    """The Keras Sequential model for `cfg`, built on `input_shape` (not compiled)."""
+    import keras
+
+    layers = [keras.Input(shape=input_shape)]
+    for layer in cfg.model.layers:
+        built = _keras_layer(keras, layer)
+        if built is not None:
+            layers.append(built)
+    return keras.Sequential(layers, name=cfg.name.replace("+", "_"))
+
+
+def _keras_layer(keras, layer):
+    kind = layer.type
+    if kind == "input":
+        return None
+    if kind == "flatten":
+        return keras.layers.Flatten()
+    if kind == "dense":
+        return keras.layers.Dense(
+            layer.units, activation=layer.activation, use_bias=layer.use_bias,
+            kernel_initializer=layer.kernel_initializer,
+        )
+    if kind == "conv2d":
+        return keras.layers.Conv2D(
+            layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+            activation=layer.activation, use_bias=layer.use_bias,
+            kernel_initializer=layer.kernel_initializer,
+        )
+    if kind == "max_pooling2d":
+        return keras.layers.MaxPooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding)
+    if kind == "average_pooling2d":
+        return keras.layers.AveragePooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding)
+    if kind == "dropout":
+        return keras.layers.Dropout(layer.rate)
+    if kind == "batch_normalization":
+        return keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon)
+    if kind == "activation":
+        return keras.layers.Activation(layer.activation)
+    raise AssertionError(f"no Keras layer for {kind!r}")  # the schema and this list disagree
+
+
+def summary_text(model) -> str:
+    """Keras' own layer table, as text."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=78)  # rich crops at 80
+    return "".join(lines)
+
+
+def class_predictions(probs: np.ndarray) -> np.ndarray:
+    """Class ids from model outputs: argmax, or a 0.5 threshold for a single sigmoid unit."""
+    probs = np.asarray(probs)
+    if probs.ndim == 1 or probs.shape[-1] == 1:
+        return (probs.reshape(len(probs)) > 0.5).astype("int64")
+    return probs.argmax(axis=-1).astype("int64")

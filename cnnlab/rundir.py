@@ -1,0 +1,145 @@
+"""The run directory: a small file format anyone can read without cnnlab.
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+      config.yaml        the resolved config (every default filled in)
+      run.json           status (running | completed | interrupted | failed), times, epochs done
+      environment.json   Python, TensorFlow, Keras versions; the device trained on
+      summary.txt        Keras' layer table with output shapes and parameter counts
+      best.keras         the best checkpoint (by train.checkpoint.monitor)
+      history.csv/.json  one row per epoch: loss, metrics, val_*, learning rate, seconds
+      loss.png, accuracy.png   train vs validation curves
+      metrics.json       test loss and accuracy of best.keras, best epoch, timing
+      resume/state.keras model + optimizer after the last finished epoch (for --resume)
+
+Every file is written atomically (a temporary file in the same folder, then a rename),
+so a kill at any moment leaves the previous version whole. A run directory is never
+overwritten: a new run always gets a new folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from cnnlab.errors import CnnlabError
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+CONFIG = "config.yaml"
+RUN = "run.json"
+ENVIRONMENT = "environment.json"
+SUMMARY = "summary.txt"
+BEST = "best.keras"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+METRICS = "metrics.json"
+RESUME_STATE = "resume/state.keras"
+
+
+def create_run_dir(runs_dir: str | Path, name: str, now: datetime | None = None) -> Path:
+    """Make a new, empty `<runs_dir>/<name>-<timestamp>` folder (never an existing one)."""
+    runs_dir = Path(runs_dir)
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnlabError(f"{runs_dir}: cannot create the runs directory ({exc.strerror}).") from None
+    for attempt in range(1, 1000):
+        candidate = runs_dir / (f"{name}-{stamp}" if attempt == 1 else f"{name}-{stamp}-{attempt}")
+        if candidate.resolve().parent != runs_dir.resolve():
+            raise CnnlabError(f"name: {name!r} would put the run outside {runs_dir}.")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CnnlabError(f"{candidate}: cannot create the run directory ({exc.strerror}).") from None
+    raise CnnlabError(f"{runs_dir}: too many runs named {name!r} in the same second.")
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path`; renamed onto `path` when the block succeeds.
+
+    `suffix` keeps the extension writers insist on (Keras wants `.keras` or `.h5`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are ordinary files
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def update_json(path: Path, **changes) -> dict:
+    data = read_json(path) if path.exists() else {}
+    data.update(changes)
+    write_json(path, data)
+    return data
+
+
+def save_model(model, path: Path) -> None:
+    """Save a Keras model atomically; `.h5`/`.hdf5` get Keras' legacy HDF5 format."""
+    suffix = ".h5" if path.suffix in (".h5", ".hdf5") else ".keras"
+    with atomic_path(path, suffix=suffix) as tmp:
+        model.save(tmp)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+@dataclass
+class Run:
+    """A run directory opened for reading."""
+
+    path: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / BEST
+
+    def info(self) -> dict:
+        return read_json(self.path / RUN)
+
+
+def open_run(path: str | Path) -> Run:
+    """Open an existing run directory; a clear error when `path` is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CnnlabError(f"{path}: no such run directory or file.")
+    if not path.is_dir() or not (path / CONFIG).exists() or not (path / RUN).exists():
+        raise CnnlabError(
+            f"{path}: is not a cnnlab run directory (it needs {CONFIG} and {RUN}, as "
+            "`cnnlab train` writes them)."
+        )
+    return Run(path)

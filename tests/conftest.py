@@ -1,0 +1,64 @@
+"""Shared fixtures: the real data directory, a CLI runner, small configs written to tmp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def _data_dir() -> Path | None:
+    configured = os.environ.get("CNNLAB_DATA_DIR")
+    path = Path(configured) if configured else SHARED / "datasets"
+    return path if (path / "mnist" / "train-images-idx3-ubyte.gz").exists() else None
+
+
+DATA_DIR = _data_dir()
+needs_data = pytest.mark.skipif(DATA_DIR is None, reason="real MNIST files not found (set CNNLAB_DATA_DIR)")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never download: a missing file must be an error."""
+    monkeypatch.setenv("CNNLAB_OFFLINE", "1")
+    if DATA_DIR is not None:
+        monkeypatch.setenv("CNNLAB_DATA_DIR", str(DATA_DIR))
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a config dict as YAML in tmp_path and return its path."""
+
+    def write(data: dict, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def small_dnn(**train) -> dict:
+    """A small MNIST DNN config that trains in seconds on a subset."""
+    return {
+        "name": "small",
+        "seed": 1,
+        "data": {"dataset": "mnist", "train_samples": 10000, "test_samples": 2000,
+                 "validation": {"method": "stratified", "size": 0.2}},
+        "model": {"layers": [
+            {"type": "flatten"},
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ]},
+        "train": {"epochs": 3, "batch_size": 32, **train},
+    }

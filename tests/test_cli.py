@@ -1,0 +1,76 @@
+"""The command line as a user meets it: help, messages, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from cnnlab.cli import app
+
+from conftest import REPO, needs_data, small_dnn
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
+            "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_lists_the_commands(runner):
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train", "config", "summary"):
+        assert command in result.output
+
+
+def test_user_error_is_one_line_and_exit_code_2(runner, write_config):
+    data = small_dnn()
+    data["model"]["layers"][1]["type"] = "dens"
+    path = write_config(data)
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.layers[1].type" in lines[0] and "'dense'" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(runner, write_config):
+    data = small_dnn()
+    data["model"]["layers"][1]["type"] = "dens"
+    result = runner.invoke(app, ["--debug", "train", str(write_config(data))])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_config_prints_the_resolved_config_with_overrides(runner):
+    result = runner.invoke(app, ["config", str(REPO / "configs" / "cnn.yaml"), "--set", "train.epochs=2"])
+    assert result.exit_code == 0
+    assert "epochs: 2" in result.output and "random_state: 777" in result.output
+
+
+def test_summary_prints_the_layer_table(runner):
+    result = runner.invoke(app, ["summary", str(REPO / "configs" / "dnn.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "101,770" in result.output and "(None, 784)" in result.output
+
+
+def test_gpu_on_a_machine_without_one_is_an_error(runner, write_config, monkeypatch):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return  # this machine has a GPU: nothing to refuse
+    path = write_config(small_dnn(epochs=1))
+    result = runner.invoke(app, ["train", str(path), "--device", "gpu", "--runs-dir", str(path.parent / "runs")])
+    assert result.exit_code == 2 and "sees no GPU" in result.stderr
+
+
+@needs_data
+def test_train_command_end_to_end(runner, write_config, tmp_path):
+    path = write_config(small_dnn(epochs=1))
+    result = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "seed=3"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] > 0.8

@@ -1,0 +1,86 @@
+"""Model checking (no TensorFlow) and building (Keras agrees with the arithmetic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnlab.config import load_config, validate_config
+from cnnlab.errors import CnnlabError
+from cnnlab.model import build_model, check_model, class_predictions
+
+from conftest import REPO, small_dnn
+
+
+def test_dnn_has_the_reference_parameter_count():
+    cfg = load_config(REPO / "configs" / "dnn.yaml")
+    plan = check_model(cfg, "dnn.yaml")
+    assert plan.params == 101_770
+    model = build_model(cfg, plan.input_shape)
+    assert model.count_params() == 101_770
+
+
+def test_cnn_shapes_match_keras():
+    cfg = load_config(REPO / "configs" / "cnn.yaml")
+    plan = check_model(cfg, "cnn.yaml")
+    model = build_model(cfg, plan.input_shape)
+    assert plan.input_shape == (28, 28, 1)
+    assert [layer.output_shape for layer in plan.layers] == [tuple(l.output.shape[1:]) for l in model.layers]
+    assert plan.params == model.count_params() == 3_156_098
+
+
+def _conv_config(**conv):
+    data = small_dnn()
+    data["model"]["layers"] = [
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu"},
+        {"type": "max_pooling2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, **conv},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    return data
+
+
+def test_kernel_larger_than_its_input_names_the_layer_and_shapes():
+    data = _conv_config(kernel_size=14)
+    with pytest.raises(CnnlabError) as err:
+        check_model(validate_config(data, "c.yaml"), "c.yaml")
+    message = str(err.value)
+    assert "model.layers[2] (conv2d)" in message and "14x14" in message and "13x13x8" in message
+
+
+def test_same_padding_makes_the_big_kernel_fit():
+    plan = check_model(validate_config(_conv_config(kernel_size=14, padding="same"), "c"), "c")
+    assert plan.layers[2].output_shape == (13, 13, 8)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda layers: layers.__setitem__(-1, {"type": "dense", "units": 7, "activation": "softmax"}),
+     ["model.layers[4].units", "10 classes"]),
+    (lambda layers: layers.pop(3), ["add a flatten layer"]),
+    (lambda layers: layers.insert(4, {"type": "conv2d", "filters": 2, "kernel_size": 1}),
+     ["model.layers[4] (conv2d)", "needs an image input"]),
+])
+def test_impossible_architectures(change, words):
+    data = _conv_config()
+    change(data["model"]["layers"])
+    with pytest.raises(CnnlabError) as err:
+        check_model(validate_config(data, "c"), "c")
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_binary_crossentropy_on_ten_classes_is_refused():
+    with pytest.raises(CnnlabError, match="binary_crossentropy is for 2 classes"):
+        check_model(validate_config(small_dnn(loss="binary_crossentropy"), "c"), "c")
+
+
+def test_monitoring_validation_without_validation_data_is_refused():
+    data = small_dnn()
+    data["data"]["validation"] = {"method": "none"}
+    with pytest.raises(CnnlabError, match="train.checkpoint.monitor: 'val_accuracy' is not computed"):
+        check_model(validate_config(data, "c"), "c")
+
+
+def test_class_predictions():
+    assert class_predictions([[0.1, 0.9], [0.8, 0.2]]).tolist() == [1, 0]
+    assert class_predictions([[0.2], [0.7]]).tolist() == [0, 1]
