@@ -125,6 +125,42 @@ def summary(
     typer.echo(summary_text(build_model(cfg, plan.input_shape)), nl=False)
 
 
+@app.command()
+@user_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay (their config names make the legend).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.")] = Path("comparison.png"),
+) -> None:
+    """Overlay the loss and accuracy curves (train and validation) of several runs in one PNG."""
+    from cnnlab.plots import plot_comparison
+
+    if output.suffix.lower() != ".png":
+        raise CnnlabError(f"--output {output}: the figure is a PNG; give a file name ending in .png.")
+    typer.echo(f"wrote {plot_comparison(runs, output)}")
+
+
+class BaselineMethod(str, Enum):
+    svm = "svm"
+    kmeans = "kmeans"
+
+
+@app.command()
+@user_errors
+def baseline(
+    config: Annotated[Path, typer.Argument(help="The YAML config whose data (and split) to use.")],
+    method: Annotated[BaselineMethod, typer.Option(help="svm: linear SVM; kmeans: clusters mapped to their majority label.")],
+    overrides: Overrides = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are created.")] = Path("runs"),
+    clusters: Annotated[Optional[int], typer.Option(help="kmeans: number of clusters (default: one per class).")] = None,
+) -> None:
+    """Score a classical baseline (linear SVM or k-means) on CONFIG's data, split as for training."""
+    from cnnlab.baselines import run_baseline
+    from cnnlab.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    run_baseline(cfg, method.value, runs_dir=runs_dir, clusters=clusters, echo=typer.echo)
+
+
 def main() -> None:
     app()
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from cnnlab.errors import CnnlabError
 
@@ -180,6 +181,26 @@ class RMSprop(_Section):
 Optimizer = Annotated[Union[SGD, Adam, Adagrad, RMSprop], Field(discriminator="name")]
 
 
+CHECKPOINT_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _checkpoint_filename(name: str) -> str:
+    """A plain file name in the run directory; its placeholders are checked with the model."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise PydanticCustomError(
+            "checkpoint_filename",
+            "must be a plain file name (it is written inside the run directory), "
+            "e.g. dm_{epoch:02d}_{val_accuracy:0.2f}.hdf5",
+        )
+    if not name.endswith(CHECKPOINT_SUFFIXES):
+        raise PydanticCustomError(
+            "checkpoint_filename", "must end in .keras, .h5 or .hdf5 (the Keras file formats)"
+        )
+    if name == "best.keras":
+        raise PydanticCustomError("checkpoint_filename", "best.keras is the run's own best checkpoint; pick another name")
+    return name
+
+
 class CheckpointSection(_Section):
     """Keep the best model seen so far (always as `best.keras` in the run directory).
 
@@ -190,7 +211,7 @@ class CheckpointSection(_Section):
     monitor: str = "val_accuracy"
     mode: Literal["auto", "min", "max"] = "auto"
     save_best_only: bool = True
-    filename: str | None = None
+    filename: Annotated[str, AfterValidator(_checkpoint_filename)] | None = None
 
 
 class EarlyStoppingSection(_Section):
@@ -210,6 +231,9 @@ class TrainSection(_Section):
     checkpoint: CheckpointSection = CheckpointSection()
     early_stopping: EarlyStoppingSection | None = None  # null: train all epochs
     tensorboard: bool = False  # write TensorBoard logs to <run>/tensorboard
+    # fit: Keras' model.fit. gradient_tape: cnnlab.tape's hand-written tf.GradientTape loop
+    # (softmax cross-entropy on logits, per-iteration loss in iterations.csv/.png), same run directory.
+    loop: Literal["fit", "gradient_tape"] = "fit"
 
 
 class Config(_Section):

@@ -157,8 +157,12 @@ def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -
 
 def _check_monitors(cfg: Config, source: str) -> None:
     names = ["loss", *cfg.train.metrics]
+    if cfg.train.loop == "gradient_tape":
+        _check_tape_loop(cfg, source)
     if cfg.data.validation.method != "none":
         names += [f"val_{name}" for name in names]
+    if cfg.train.checkpoint.filename:
+        _check_filename_pattern(cfg.train.checkpoint.filename, names, source)
     for key, section in (("checkpoint", cfg.train.checkpoint), ("early_stopping", cfg.train.early_stopping)):
         if section is not None and section.monitor not in names:
             hint = " (data.validation.method is none, so no val_* values exist)" if section.monitor.startswith("val_") else ""
@@ -166,6 +170,49 @@ def _check_monitors(cfg: Config, source: str) -> None:
                 f"{source}: train.{key}.monitor: {section.monitor!r} is not computed{hint}; "
                 f"available: {', '.join(names)}."
             )
+
+
+def _check_filename_pattern(pattern: str, names: list[str], source: str) -> None:
+    """Placeholders may only be `epoch` and the logged values, formatted as Keras would."""
+    import string
+
+    where = f"{source}: train.checkpoint.filename: {pattern!r}"
+    valid = ", ".join(["epoch", *names])
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+    except ValueError as exc:
+        raise CnnlabError(f"{where} is not a valid pattern ({exc}); write placeholders as {{epoch:02d}}.") from None
+    for field in fields:
+        if field not in ("epoch", *names):
+            raise CnnlabError(
+                f"{where}: placeholder {{{field}}} is not a logged value; valid placeholders: {valid}."
+            )
+    try:
+        pattern.format(epoch=1, **{name: 0.5 for name in names})
+    except (ValueError, TypeError) as exc:
+        raise CnnlabError(
+            f"{where}: {exc}; epoch is an integer ({{epoch:02d}}), the other values are floats ({{val_accuracy:0.2f}})."
+        ) from None
+
+
+def _check_tape_loop(cfg: Config, source: str) -> None:
+    """The hand-written loop trains on logits: a softmax/linear dense output, a cross-entropy loss."""
+    where = f"{source}: train.loop: gradient_tape"
+    if cfg.train.loss not in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+        raise CnnlabError(
+            f"{where} trains with softmax cross-entropy, but train.loss is {cfg.train.loss}; "
+            "use categorical_crossentropy or sparse_categorical_crossentropy."
+        )
+    last = cfg.model.layers[-1]
+    if last.type != "dense" or last.activation not in ("softmax", "linear"):
+        what = f"{last.type} layer" if last.type != "dense" else f"dense layer with activation {last.activation}"
+        raise CnnlabError(
+            f"{where} needs a dense output layer with activation softmax or linear (its logits are what "
+            f"the loss takes), but model.layers[{len(cfg.model.layers) - 1}] is a {what}."
+        )
+    extra = [name for name in cfg.train.metrics if name != "accuracy"]
+    if extra:
+        raise CnnlabError(f"{where} computes loss and accuracy only; remove {', '.join(extra)} from train.metrics.")
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...]):

@@ -106,8 +106,15 @@ def update_json(path: Path, **changes) -> dict:
 def save_model(model, path: Path) -> None:
     """Save a Keras model atomically; `.h5`/`.hdf5` get Keras' legacy HDF5 format."""
     suffix = ".h5" if path.suffix in (".h5", ".hdf5") else ".keras"
+    compile_config = getattr(getattr(model, "_compile_config", None), "config", None)
+    optimizer = compile_config.get("optimizer") if isinstance(compile_config, dict) else None
     with atomic_path(path, suffix=suffix) as tmp:
         model.save(tmp)
+    if optimizer is not None and "optimizer" not in compile_config:
+        # Keras' HDF5 writer pops the optimizer from the model's own compile config (keras
+        # legacy saving_utils.model_metadata); without it every later .keras file would
+        # reload with a default RMSprop and `--resume` would lose the optimizer.
+        compile_config["optimizer"] = optimizer
 
 
 def _jsonable(value):

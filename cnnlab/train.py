@@ -102,12 +102,18 @@ def _fit(cfg: Config, plan: ModelPlan, run_dir: Path, device: str, echo: Echo, h
     started = time.perf_counter()
     status = "completed"
     try:
-        model.fit(
-            splits.x_train, splits.y_train, validation_data=validation,
-            epochs=cfg.train.epochs, initial_epoch=len(history),
-            batch_size=cfg.train.batch_size, callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,  # a live bar on a terminal, a line per epoch in logs
-        )
+        if cfg.train.loop == "gradient_tape":  # the hand-written loop drives the same callbacks
+            from cnnlab.tape import fit_with_gradient_tape
+
+            fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
+                                   verbose=1 if sys.stdout.isatty() else 2)
+        else:
+            model.fit(
+                splits.x_train, splits.y_train, validation_data=validation,
+                epochs=cfg.train.epochs, initial_epoch=len(history),
+                batch_size=cfg.train.batch_size, callbacks=callbacks,
+                verbose=1 if sys.stdout.isatty() else 2,  # a live bar on a terminal, a line per epoch in logs
+            )
     except KeyboardInterrupt:
         status = "interrupted"
     seconds = time.perf_counter() - started
@@ -246,7 +252,9 @@ def _recorder_class(keras):
                 rundir.save_model(self.model, self.run_dir / rundir.BEST)
             pattern = self.cfg.train.checkpoint.filename
             if pattern and (improved or not self.cfg.train.checkpoint.save_best_only):
-                rundir.save_model(self.model, self.run_dir / pattern.format(epoch=epoch + 1, **logs))
+                named = self.run_dir / pattern.format(epoch=epoch + 1, **logs)
+                rundir.save_model(self.model, named)
+                print(f"\nepoch {epoch + 1}: saved {named}", flush=True)  # Keras' ModelCheckpoint says it too
             rundir.save_model(self.model, self.run_dir / rundir.RESUME_STATE)
             self._write_history()
             rundir.update_json(self.run_dir / rundir.RUN, epochs_completed=len(self.rows))

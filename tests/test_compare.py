@@ -1,0 +1,72 @@
+"""`cnnlab compare`: several runs' curves in one figure, legend from the run names."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnlab import rundir
+from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
+from cnnlab.plots import comparison_curves, comparison_figure, plot_comparison, read_run_curves
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(parent, name: str, accuracies: list[float], folder: str | None = None, history: bool = True):
+    """A run directory as `cnnlab train` leaves it (only the files compare reads)."""
+    path = parent / (folder or f"{name}-20260101-000000")
+    rundir.write_text(path / rundir.CONFIG, f"name: {name}\n")
+    rundir.write_json(path / rundir.RUN, {"name": name, "status": "completed"})
+    if history:
+        rows = [{"epoch": i + 1, "loss": 1 - a, "accuracy": a, "val_loss": 1.1 - a, "val_accuracy": a - 0.05}
+                for i, a in enumerate(accuracies)]
+        rundir.write_json(path / rundir.HISTORY_JSON, {"epochs": rows})
+    return path
+
+
+def test_compare_overlays_train_and_validation_of_each_run(tmp_path):
+    runs = [_run(tmp_path, "sigmoid_sgd", [0.11, 0.12, 0.2]), _run(tmp_path, "relu_adam", [0.9, 0.95, 0.97, 0.98])]
+    fig = comparison_figure([read_run_curves(run) for run in runs])
+    panels = [ax for ax in fig.axes if ax.get_lines()]
+    assert [ax.get_title() for ax in panels] == ["loss", "accuracy"]
+    for ax in panels:
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert labels == ["sigmoid_sgd (train)", "sigmoid_sgd (validation)", "relu_adam (train)", "relu_adam (validation)"]
+    accuracy_lines = panels[1].get_lines()
+    assert list(accuracy_lines[2].get_ydata()) == [0.9, 0.95, 0.97, 0.98]  # each run keeps its own length
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend == ["sigmoid_sgd", "relu_adam", "train", "validation"]
+
+
+def test_compare_command_writes_the_png(runner, tmp_path):
+    runs = [_run(tmp_path, "a", [0.5, 0.6]), _run(tmp_path, "b", [0.7, 0.8])]
+    out = tmp_path / "figs" / "ab.png"
+    result = runner.invoke(app, ["compare", *map(str, runs), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == PNG and str(out) in result.output
+
+
+def test_the_same_config_twice_is_told_apart_by_folder(tmp_path):
+    runs = [_run(tmp_path, "dnn", [0.5], "dnn-1"), _run(tmp_path, "dnn", [0.6], "dnn-2")]
+    assert [name for name, _ in comparison_curves(runs)] == ["dnn-1", "dnn-2"]
+    assert [name for name, _ in comparison_curves(runs[:1])] == ["dnn"]
+    plot_comparison(runs, tmp_path / "out.png")
+    assert (tmp_path / "out.png").read_bytes()[:8] == PNG
+
+
+def test_a_folder_that_is_not_a_run_is_a_clear_error(runner, tmp_path):
+    good = _run(tmp_path, "a", [0.5])
+    (tmp_path / "notes").mkdir()
+    result = runner.invoke(app, ["compare", str(good), str(tmp_path / "notes"), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert "notes: is not a cnnlab run directory" in result.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_a_run_without_history_is_a_clear_error(tmp_path):
+    with pytest.raises(CnnlabError, match="has no training history"):
+        read_run_curves(_run(tmp_path, "fresh", [], history=False))
+
+
+def test_the_output_must_be_a_png(runner, tmp_path):
+    result = runner.invoke(app, ["compare", str(_run(tmp_path, "a", [0.5])), "-o", str(tmp_path / "x.pdf")])
+    assert result.exit_code == 2 and "ending in .png" in result.stderr
