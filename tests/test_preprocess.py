@@ -1,0 +1,245 @@
+"""MNIST-style preprocessing: any picture of a digit becomes the 28x28 image MNIST would have made."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from cnnlab.errors import CnnlabError
+from cnnlab.preprocess import (
+    DIGIT_BOX, SIZE, fashion_style, gray_array, mnist_style, open_image, plain_resize, prepare_image,
+)
+
+SHAPES = {  # strokes of a few digits, in a 100x100 design space
+    "7": [[(10, 10), (80, 10), (35, 95)]],
+    "4": [[(60, 95), (60, 5), (5, 65), (90, 65)]],
+    "1": [[(30, 25), (55, 5), (55, 95)]],
+    "5": [[(80, 5), (25, 5), (20, 45), (60, 40), (80, 65), (60, 92), (15, 85)]],
+}
+
+
+def draw_digit(digit="7", canvas=(160, 160), at=(30, 20), scale=1.0, width=9, ink=0, paper=255):
+    """A digit drawn with a pen: `ink` strokes on `paper`, as a grey ("L") image."""
+    image = Image.new("L", canvas, paper)
+    pen = ImageDraw.Draw(image)
+    for stroke in SHAPES[digit]:
+        pen.line([(at[0] + x * scale, at[1] + y * scale) for x, y in stroke], fill=ink, width=width, joint="curve")
+    return image
+
+
+def prepared(image: Image.Image, tmp_path, name="digit.png", style="mnist", **save) -> np.ndarray:
+    path = tmp_path / name
+    image.save(path, **save)
+    return prepare_image(path, style)[1]
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    total = image.sum()
+    rows, cols = np.indices(image.shape)
+    return float((rows * image).sum() / total), float((cols * image).sum() / total)
+
+
+def ink_box(image: np.ndarray, level: float = 0) -> tuple[int, int]:
+    rows, cols = np.nonzero(image > level)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("digit", sorted(SHAPES))
+@pytest.mark.parametrize("at,scale", [((5, 5), 0.6), ((40, 30), 1.0), ((2, 50), 1.3)])
+def test_centre_of_mass_lands_within_one_pixel_of_the_centre(digit, at, scale):
+    seen = mnist_style(gray_array(draw_digit(digit, canvas=(200, 200), at=at, scale=scale)))
+    assert seen.shape == (SIZE, SIZE) and seen.dtype == np.float32
+    row, col = centre_of_mass(seen)
+    # the field's centre is 13.5 in pixel indices (MNIST itself put the mass at 14)
+    assert abs(row - 13.5) <= 1 and abs(col - 13.5) <= 1
+
+
+@pytest.mark.parametrize("digit", sorted(SHAPES))
+def test_the_digit_is_fitted_into_20x20_keeping_its_aspect_ratio(digit):
+    seen = mnist_style(gray_array(draw_digit(digit, canvas=(300, 300), at=(50, 60), scale=2.0, width=16)))
+    height, width = ink_box(seen)
+    assert max(height, width) == DIGIT_BOX
+    drawn = np.asarray(draw_digit(digit, canvas=(300, 300), at=(50, 60), scale=2.0, width=16)) < 128
+    drawn_height, drawn_width = ink_box(drawn)
+    assert abs(width / height - drawn_width / drawn_height) < 0.15
+    assert seen.max() == pytest.approx(255, abs=1) and seen.min() == 0
+
+
+def test_a_shifted_digit_gives_the_same_28x28():
+    here = mnist_style(gray_array(draw_digit("4", canvas=(240, 200), at=(10, 10))))
+    there = mnist_style(gray_array(draw_digit("4", canvas=(240, 200), at=(117, 83))))
+    np.testing.assert_array_equal(here, there)
+
+
+def test_black_on_white_and_white_on_black_give_the_same_image():
+    dark_on_light = mnist_style(gray_array(draw_digit("5", ink=0, paper=255)))
+    light_on_dark = mnist_style(gray_array(draw_digit("5", ink=255, paper=0)))
+    np.testing.assert_array_equal(dark_on_light, light_on_dark)
+    assert dark_on_light[0, 0] == 0  # background black, ink white, as in MNIST
+
+
+def test_rgba_with_transparent_background_is_composited_over_white(tmp_path):
+    # a drawing app's export: black strokes, and a background of transparent *black* pixels
+    mask = np.asarray(draw_digit("7")) < 128
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[..., 3] = np.where(mask, 255, 0)
+    seen = prepared(Image.fromarray(rgba, "RGBA"), tmp_path)
+    np.testing.assert_array_equal(seen, mnist_style(gray_array(draw_digit("7"))))
+
+
+def test_palette_images_with_and_without_transparency(tmp_path):
+    reference = mnist_style(gray_array(draw_digit("4")))
+    palette = draw_digit("4").convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    np.testing.assert_array_equal(prepared(palette, tmp_path, "palette.png"), reference)
+    # a GIF whose background is a transparent black palette entry: black strokes on "nothing"
+    gif = Image.new("P", (160, 160), 0)
+    gif.putpalette([0, 0, 0] * 2 + [0] * 762)
+    gif.paste(1, mask=Image.eval(draw_digit("4"), lambda v: 255 if v < 128 else 0))
+    np.testing.assert_array_equal(prepared(gif, tmp_path, "transparent.gif", transparency=0), reference)
+
+
+def test_jpeg_artefacts_do_not_change_the_digit(tmp_path):
+    reference = mnist_style(gray_array(draw_digit("5")))
+    seen = prepared(draw_digit("5").convert("RGB"), tmp_path, "digit.jpg", quality=60)
+    assert correlation(seen, reference) > 0.95
+    assert np.allclose(centre_of_mass(seen), centre_of_mass(reference), atol=0.75)
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    # Pillow's own I;16 -> L conversion clips everything above 255 to white: here, ink and paper
+    wide = np.where(np.asarray(draw_digit("7")) < 128, 5000, 50000).astype(np.uint16)
+    image = Image.fromarray(wide)
+    assert image.mode.startswith("I;16")
+    seen = prepared(image, tmp_path, "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    np.testing.assert_array_equal(seen, mnist_style(gray_array(draw_digit("7"))))
+
+
+def test_coloured_ink_on_grey_paper(tmp_path):
+    mask = np.asarray(draw_digit("4")) < 128
+    photo = np.empty((*mask.shape, 3), np.uint8)
+    photo[:] = (178, 176, 170)  # grey paper
+    photo[mask] = (40, 50, 190)  # blue ballpoint
+    seen = prepared(Image.fromarray(photo, "RGB"), tmp_path)
+    assert correlation(seen, mnist_style(gray_array(draw_digit("4")))) > 0.98
+
+
+def test_paper_noise_and_specks_are_removed(tmp_path):
+    clean = mnist_style(gray_array(draw_digit("7", canvas=(300, 300), at=(90, 80))))
+    rng = np.random.default_rng(3)
+    page = np.asarray(draw_digit("7", canvas=(300, 300), at=(90, 80)), dtype=np.float64)
+    page = page - 12 + rng.normal(0, 6, page.shape)  # grey, grainy paper
+    for row, col in [(10, 10), (20, 280), (285, 30), (270, 260), (150, 15), (40, 150)]:  # dust, far from the digit
+        page[row:row + 3, col:col + 2] = 20
+    seen = mnist_style(np.clip(page, 0, 255).astype(np.float32))
+    assert ink_box(seen) == ink_box(clean)  # a speck would have widened the crop and shrunk the digit
+    assert correlation(seen, clean) > 0.97
+    assert seen[:, :2].max() == 0 and seen[:2, :].max() == 0
+
+
+def test_faint_thin_strokes_are_kept_and_thickened_like_mnist():
+    # a hairline pen digit on a big page, light grey: a plain shrink leaves almost nothing of it
+    thin = mnist_style(gray_array(draw_digit("4", canvas=(900, 700), at=(300, 150), scale=3.0, width=2, ink=170)))
+    bold = mnist_style(gray_array(draw_digit("4", canvas=(900, 700), at=(300, 150), scale=3.0, width=36)))
+    assert thin.max() == pytest.approx(255, abs=1)
+    assert (thin > 127).sum() > 0.6 * (bold > 127).sum()
+    assert correlation(thin, bold) > 0.85
+
+
+def test_tiny_images_work_and_a_1x1_or_0x0_image_is_an_error(tmp_path):
+    tiny = Image.new("L", (6, 9), 255)
+    ImageDraw.Draw(tiny).line([(3, 1), (3, 7)], fill=0, width=1)
+    seen = prepared(tiny, tmp_path, "tiny.png")
+    assert ink_box(seen, 127)[0] >= 18  # a one-pixel "1" becomes a full-height stroke
+    assert abs(centre_of_mass(seen)[1] - 13.5) <= 1
+    Image.new("L", (1, 1), 0).save(tmp_path / "dot.png")
+    with pytest.raises(CnnlabError, match=r"dot\.png: the image is 1x1 pixels, too small"):
+        prepare_image(tmp_path / "dot.png")
+    (tmp_path / "empty-canvas.png").write_bytes(_png_header(0, 0))
+    with pytest.raises(CnnlabError, match=r"empty-canvas\.png"):
+        prepare_image(tmp_path / "empty-canvas.png")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG file that declares a size and holds (next to) no pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_a_large_photo_works_and_a_decompression_bomb_is_refused(tmp_path):
+    large = draw_digit("7", canvas=(3000, 2200), at=(1000, 500), scale=10.0, width=80)
+    seen = prepared(large, tmp_path, "large.png")
+    assert correlation(seen, mnist_style(gray_array(draw_digit("7", width=8)))) > 0.9
+    limit = Image.MAX_IMAGE_PIXELS
+    (tmp_path / "bomb.png").write_bytes(_png_header(30000, 30000))  # 900 megapixels, a few bytes on disk
+    with pytest.raises(CnnlabError, match=r"bomb\.png: the image is too large to open safely"):
+        prepare_image(tmp_path / "bomb.png")
+    assert Image.MAX_IMAGE_PIXELS == limit  # the limit stays on
+
+
+def test_missing_empty_and_non_image_files_are_errors_naming_the_file(tmp_path):
+    with pytest.raises(CnnlabError, match=r"nothing\.png: no such image file"):
+        prepare_image(tmp_path / "nothing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(CnnlabError, match=r"empty\.png: is an empty file"):
+        prepare_image(tmp_path / "empty.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(CnnlabError, match=r"notes\.png: is not an image"):
+        prepare_image(tmp_path / "notes.png")
+    (tmp_path / "cut.png").write_bytes((lambda b: b[: len(b) // 2])(_saved(draw_digit(), tmp_path / "whole.png")))
+    with pytest.raises(CnnlabError, match=r"cut\.png"):
+        prepare_image(tmp_path / "cut.png")
+
+
+def _saved(image: Image.Image, path) -> bytes:
+    image.save(path)
+    return path.read_bytes()
+
+
+def test_a_blank_page_is_an_error_unless_preprocessing_is_off(tmp_path):
+    Image.new("L", (50, 50), 240).save(tmp_path / "blank.png")
+    with pytest.raises(CnnlabError, match=r"blank\.png: found no ink"):
+        prepare_image(tmp_path / "blank.png")
+    assert prepare_image(tmp_path / "blank.png", "none")[1].shape == (SIZE, SIZE)
+
+
+def test_plain_resize_changes_nothing_but_the_size():
+    mnist_like = np.zeros((SIZE, SIZE), np.float32)
+    mnist_like[5:20, 12:15] = 255
+    np.testing.assert_array_equal(plain_resize(mnist_like), mnist_like)
+    page = gray_array(draw_digit("7"))  # dark on light stays dark on light: no inversion
+    assert plain_resize(page)[0, 0] == 255
+
+
+def test_exif_rotation_of_a_phone_photo_is_applied(tmp_path):
+    wide = Image.new("L", (200, 100), 255)
+    ImageDraw.Draw(wide).line([(20, 50), (180, 50)], fill=0, width=12)  # a bar lying down
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display": the bar stands up
+    seen = prepared(wide.convert("RGB"), tmp_path, "phone.jpg", exif=exif)
+    height, width = ink_box(seen, 127)
+    assert height > 2 * width
+
+
+def test_fashion_style_puts_the_object_light_on_black_fitted_to_28():
+    product = Image.new("L", (300, 200), 255)
+    ImageDraw.Draw(product).rectangle([60, 40, 240, 160], fill=60)  # a dark bag on a white page
+    seen = fashion_style(gray_array(product))
+    assert seen.shape == (SIZE, SIZE)
+    assert seen[0, 0] == 0 and seen[14, 14] > 150
+    height, width = ink_box(seen, 20)
+    assert width == SIZE and abs(height - SIZE * 121 / 181) <= 1.5
+    rows = np.nonzero(seen.max(axis=1) > 20)[0]
+    assert abs(rows[0] - (SIZE - 1 - rows[-1])) <= 1  # centred
