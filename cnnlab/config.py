@@ -272,9 +272,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML config, apply `key.path=value` overrides, validate it."""
     path = Path(path)
     data = read_yaml_mapping(path)
-    for override in overrides:
-        apply_override(data, override, path)
-    return validate_config(data, path)
+    overridden = [apply_override(data, override, path) for override in overrides]
+    return validate_config(data, path, overridden)
 
 
 def read_yaml_mapping(path: Path) -> dict:
@@ -307,8 +306,8 @@ def read_yaml_mapping(path: Path) -> dict:
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def apply_override(data: dict, override: str, source: Path) -> None:
-    """Apply one `--set a.b[0].c=value` override; the value is parsed as YAML."""
+def apply_override(data: dict, override: str, source: Path) -> str:
+    """Apply one `--set a.b[0].c=value` override (the value is parsed as YAML); returns its path."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise CnnlabError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=3.")
@@ -328,6 +327,7 @@ def apply_override(data: dict, override: str, source: Path) -> None:
     elif not isinstance(node, dict):
         raise CnnlabError(f"--set {override!r}: {format_path(parts[:-1])} is not a mapping.")
     node[last] = value
+    return format_path(parts)
 
 
 def _step(node: Any, part: str | int, so_far: list, override: str, create: bool) -> Any:
@@ -356,11 +356,15 @@ def format_path(loc: list | tuple) -> str:
     return out or "(top level)"
 
 
-def validate_config(data: dict, source: Path | str) -> Config:
+def validate_config(data: dict, source: Path | str, overridden: list[str] = ()) -> Config:
+    """Validate a config mapping; `overridden` lists the paths that came from --set."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise CnnlabError(f"{source}: {_describe(exc.errors()[0], data)}") from None
+        error = exc.errors()[0]
+        path = format_path(_user_path(error["loc"], data))
+        origin = " (from --set)" if any(path.startswith(p) for p in overridden) else ""
+        raise CnnlabError(f"{source}{origin}: {_describe(error, data)}") from None
 
 
 def _describe(error: dict, data: dict) -> str:
@@ -464,5 +468,9 @@ def _tagged_class(union: tuple, node: Any) -> Any:
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    lowered = {option.lower(): option for option in options}
+    starts = [option for option in options if option.lower().startswith(word.lower())]
+    if word and len(starts) == 1:  # 'acc' -> 'accuracy'
+        return f" (did you mean {starts[0]!r}?)"
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""

@@ -165,7 +165,9 @@ def _check_monitors(cfg: Config, source: str) -> None:
         _check_filename_pattern(cfg.train.checkpoint.filename, names, source)
     for key, section in (("checkpoint", cfg.train.checkpoint), ("early_stopping", cfg.train.early_stopping)):
         if section is not None and section.monitor not in names:
-            hint = " (data.validation.method is none, so no val_* values exist)" if section.monitor.startswith("val_") else ""
+            hint = ""
+            if section.monitor.startswith("val_") and cfg.data.validation.method == "none":
+                hint = " (data.validation.method is none, so no val_* values exist)"
             raise CnnlabError(
                 f"{source}: train.{key}.monitor: {section.monitor!r} is not computed{hint}; "
                 f"available: {', '.join(names)}."

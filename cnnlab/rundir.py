@@ -83,6 +83,13 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete what a write cut short by a kill left behind (`atomic_path`'s dot-files)."""
+    for leftover in run_dir.rglob(".*"):
+        if leftover.is_file():
+            leftover.unlink()
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -27,7 +27,7 @@ import numpy as np
 
 from cnnlab import rundir
 from cnnlab.config import Config, read_yaml_mapping, validate_config
-from cnnlab.data import Splits, prepare
+from cnnlab.data import RawData, Splits, epoch_batches, load_raw, prepare
 from cnnlab.errors import CnnlabError
 from cnnlab.model import ModelPlan, build_model, check_model, class_predictions, summary_text
 from cnnlab.plots import plot_history
@@ -46,6 +46,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
           echo: Echo = print) -> TrainResult:
     """Train `cfg` into a new run directory under `runs_dir`."""
     plan = check_model(cfg, str(source))
+    raw = load_raw(cfg.data.dataset, cfg.data.dir, cfg.data.download)  # bad data fails before any output
     run_dir = rundir.create_run_dir(runs_dir, cfg.name)
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     rundir.write_json(run_dir / rundir.RUN, {
@@ -53,7 +54,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         "started": _now(), "epochs_planned": cfg.train.epochs, "epochs_completed": 0,
     })
     echo(f"run directory: {run_dir}")
-    return _fit(cfg, plan, run_dir, device, echo, history=[])
+    return _fit(cfg, plan, raw, run_dir, device, echo, history=[])
 
 
 def resume(run_path: str | Path, device: str = "auto", echo: Echo = print) -> TrainResult:
@@ -71,18 +72,21 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print) -> Tr
     config_path = run.path / rundir.CONFIG
     cfg = validate_config(read_yaml_mapping(config_path), config_path)
     plan = check_model(cfg, str(config_path))
+    raw = load_raw(cfg.data.dataset, cfg.data.dir, cfg.data.download)
     history_path = run.path / rundir.HISTORY_JSON
     history = rundir.read_json(history_path)["epochs"] if history_path.exists() else []
+    rundir.remove_temporaries(run.path)
     rundir.update_json(run.path / rundir.RUN, status="running", resumed=_now())
     echo(f"resuming {run.path} after epoch {len(history)}")
-    return _fit(cfg, plan, run.path, device, echo, history=history)
+    return _fit(cfg, plan, raw, run.path, device, echo, history=history)
 
 
-def _fit(cfg: Config, plan: ModelPlan, run_dir: Path, device: str, echo: Echo, history: list[dict]) -> TrainResult:
+def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str, echo: Echo,
+         history: list[dict]) -> TrainResult:
     keras, device_name = init_backend(device)
     rundir.write_json(run_dir / rundir.ENVIRONMENT, environment(keras, device_name))
-    keras.utils.set_random_seed(cfg.seed + len(history))  # a resumed run does not replay the same shuffles
-    splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels())
+    keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
+    splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), raw)
     if history:
         model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
     else:
@@ -108,12 +112,7 @@ def _fit(cfg: Config, plan: ModelPlan, run_dir: Path, device: str, echo: Echo, h
             fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
                                    verbose=1 if sys.stdout.isatty() else 2)
         else:
-            model.fit(
-                splits.x_train, splits.y_train, validation_data=validation,
-                epochs=cfg.train.epochs, initial_epoch=len(history),
-                batch_size=cfg.train.batch_size, callbacks=callbacks,
-                verbose=1 if sys.stdout.isatty() else 2,  # a live bar on a terminal, a line per epoch in logs
-            )
+            _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history))
     except KeyboardInterrupt:
         status = "interrupted"
     seconds = time.perf_counter() - started
@@ -135,6 +134,19 @@ def _fit(cfg: Config, plan: ModelPlan, run_dir: Path, device: str, echo: Echo, h
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
     )
     return TrainResult(run_dir, status, metrics)
+
+
+def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int) -> None:
+    verbose = 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
+    common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
+                  callbacks=callbacks, verbose=verbose)
+    if keras.backend.backend() != "tensorflow":
+        model.fit(splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, **common)
+        return
+    batches, steps = epoch_batches(
+        splits.x_train, splits.y_train, cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs
+    )
+    model.fit(batches, steps_per_epoch=steps, shuffle=False, **common)
 
 
 def init_backend(device: str):

@@ -1,0 +1,120 @@
+"""Nothing is lost: a killed or interrupted run keeps its best checkpoint and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+import yaml
+
+from cnnlab import rundir
+from cnnlab.config import validate_config
+from cnnlab.train import train
+
+from conftest import DATA_DIR, needs_data, small_dnn
+
+CNNLAB = [sys.executable, "-m", "cnnlab"]
+
+
+def _config(tmp_path: Path) -> Path:
+    data = small_dnn(epochs=4, early_stopping={"patience": 3})
+    data["data"]["train_samples"] = 40000  # epochs of a few seconds, so the kill lands mid-epoch
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _start_and_stop_mid_epoch(config: Path, runs: Path, sig: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """Start `cnnlab train` in its own process; send `sig` once 2 epochs are done."""
+    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.Popen([*CNNLAB, "train", str(config), "--runs-dir", str(runs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    run_dir = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        found = list(runs.glob("*/run.json"))
+        if found:
+            run_dir = found[0].parent
+            try:
+                if json.loads(found[0].read_text())["epochs_completed"] >= 2:
+                    break
+            except (ValueError, KeyError):
+                pass  # never half-written: run.json is replaced atomically, but it may not exist yet
+    assert proc.poll() is None, "training finished before it could be stopped"
+    time.sleep(0.7)  # into epoch 3
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    return run_dir, subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def _resume(run_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR)}
+    return subprocess.run([*CNNLAB, "train", "--resume", str(run_dir)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@needs_data
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    config = _config(tmp_path)
+    cfg = validate_config(yaml.safe_load(config.read_text()), config)
+    reference = train(cfg, config, runs_dir=tmp_path / "reference", echo=lambda _: None)
+
+    run_dir, killed = _start_and_stop_mid_epoch(config, tmp_path / "runs", signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    # the best checkpoint of the finished epochs is whole and loads
+    assert keras.saving.load_model(run_dir / "best.keras").count_params() == 50_890
+    assert json.loads((run_dir / "history.json").read_text())["epochs"][-1]["epoch"] >= 2
+    resumed = _resume(run_dir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert not [p for p in run_dir.rglob(".*") if p.is_file()]  # a write the kill cut short is cleaned up
+    assert metrics["epochs_completed"] == 4
+    assert abs(metrics["test_accuracy"] - reference.metrics["test_accuracy"]) <= 0.005
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+@needs_data
+def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_resume(tmp_path):
+    run_dir, stopped = _start_and_stop_mid_epoch(_config(tmp_path), tmp_path / "runs", signal.SIGINT)
+    assert stopped.returncode == 130
+    assert f"cnnlab train --resume {run_dir}" in stopped.stdout
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_completed"] >= 2
+    assert (run_dir / "loss.png").exists() and (run_dir / "best.keras").exists()
+    resumed = _resume(run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
+    target = tmp_path / "best.keras"
+    target.write_text("previous checkpoint")
+    with pytest.raises(RuntimeError):
+        with rundir.atomic_path(target, suffix=".keras") as tmp:
+            tmp.write_text("half a checkp")
+            raise RuntimeError("killed while writing")
+    assert target.read_text() == "previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]
+
+
+def test_resume_refuses_a_completed_run_and_a_non_run(tmp_path, runner):
+    from cnnlab.cli import app
+
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a cnnlab run directory" in result.stderr
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    (tmp_path / "run.json").write_text('{"status": "completed"}')
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "already completed" in result.stderr
