@@ -222,8 +222,19 @@ class EarlyStoppingSection(_Section):
     restore_best_weights: bool = True
 
 
+class OneCycleSchedule(_Section):
+    """One-cycle learning rate, per batch: a linear warm-up from max/25 to `max_learning_rate`
+    over `warmup_fraction` of all steps, then a cosine decay to max/10000 at the last step.
+    The optimizer's own learning_rate is overridden while it runs."""
+
+    name: Literal["one_cycle"]
+    max_learning_rate: Annotated[float, Field(gt=0.0)]
+    warmup_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+
+
 class TrainSection(_Section):
     optimizer: Optimizer = Adam(name="adam")
+    lr_schedule: OneCycleSchedule | None = None  # null: the optimizer's constant learning_rate
     loss: LossName = "sparse_categorical_crossentropy"
     metrics: list[MetricName] = ["accuracy"]
     epochs: PositiveInt = 5

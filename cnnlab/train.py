@@ -100,6 +100,9 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     callbacks = [recorder]
     if cfg.train.early_stopping is not None:
         callbacks.append(_early_stopping(keras, cfg, history))
+    if cfg.train.lr_schedule is not None:
+        steps = -(-len(splits.x_train) // cfg.train.batch_size)
+        callbacks.append(_one_cycle(keras, cfg.train.lr_schedule, steps, cfg.train.epochs))
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     validation = (splits.x_val, splits.y_val) if splits.x_val is not None else None
@@ -125,14 +128,15 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
         echo(f"resume with: cnnlab train --resume {run_dir}")
         return TrainResult(run_dir, status, {})
 
-    metrics = score_best(keras, run_dir, splits, cfg)
+    metrics, best_model = score_best(keras, run_dir, splits, cfg)
     metrics.update(_training_summary(cfg, rows, seconds, len(splits.x_train)))
-    rundir.write_json(run_dir / rundir.METRICS, metrics)
-    rundir.update_json(run_dir / rundir.RUN, status="completed", finished=_now(), epochs_completed=len(rows))
     echo(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
     )
+    metrics.update(_export_for_predict(best_model, run_dir, splits, echo))
+    rundir.write_json(run_dir / rundir.METRICS, metrics)
+    rundir.update_json(run_dir / rundir.RUN, status="completed", finished=_now(), epochs_completed=len(rows))
     return TrainResult(run_dir, status, metrics)
 
 
@@ -232,6 +236,32 @@ def _early_stopping(keras, cfg: Config, history: list[dict]):
     )
 
 
+def one_cycle_rate(step: int, total_steps: int, max_rate: float, warmup_fraction: float) -> float:
+    """The one-cycle learning rate at `step` (0-based) of `total_steps`."""
+    start, end = max_rate / 25.0, max_rate / 1e4
+    warmup = max(1, int(total_steps * warmup_fraction))
+    if step < warmup:
+        return start + (max_rate - start) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
+    return end + (max_rate - end) * 0.5 * (1.0 + np.cos(np.pi * progress))
+
+
+def _one_cycle(keras, schedule, steps_per_epoch: int, epochs: int):
+    """Sets the learning rate before every batch; the step comes from the epoch, so resuming works."""
+
+    class OneCycle(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = self.epoch * steps_per_epoch + batch
+            self.model.optimizer.learning_rate = one_cycle_rate(
+                step, steps_per_epoch * epochs, schedule.max_learning_rate, schedule.warmup_fraction
+            )
+
+    return OneCycle()
+
+
 def _recorder_class(keras):
     """The recorder subclasses keras.callbacks.Callback, so it is made once Keras is imported."""
 
@@ -284,15 +314,28 @@ def _csv_value(value) -> str:
     return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def score_best(keras, run_dir: Path, splits: Splits, cfg: Config) -> dict:
-    """Test loss and accuracy of the best checkpoint, as saved on disk."""
+def score_best(keras, run_dir: Path, splits: Splits, cfg: Config):
+    """Test loss and accuracy of the best checkpoint as saved on disk, and that model."""
     best = run_dir / rundir.BEST
     model = keras.saving.load_model(best, compile=True)
     batch = max(cfg.train.batch_size, 256)
     results = model.evaluate(splits.x_test, splits.y_test, batch_size=batch, verbose=0, return_dict=True)
     probs = model.predict(splits.x_test, batch_size=batch, verbose=0)
     accuracy = float(np.mean(class_predictions(probs) == splits.labels_test))
-    return {"test_loss": float(results["loss"]), "test_accuracy": accuracy, "test_samples": len(splits.x_test)}
+    return {"test_loss": float(results["loss"]), "test_accuracy": accuracy, "test_samples": len(splits.x_test)}, model
+
+
+def _export_for_predict(model, run_dir: Path, splits: Splits, echo: Echo) -> dict:
+    """Also write the best model as TFLite, so `cnnlab predict` needs no TensorFlow."""
+    from cnnlab.export import TFLITE, export_tflite
+
+    try:
+        diff = export_tflite(model, run_dir / TFLITE, splits.x_test[:256])
+    except Exception as exc:  # any converter failure only costs predict its fast path
+        echo(f"note: no {TFLITE} written ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+             "predict will use Keras")
+        return {"tflite": None}
+    return {"tflite": TFLITE, "tflite_max_abs_diff": diff}
 
 
 def _training_summary(cfg: Config, rows: list[dict], seconds: float, train_samples: int) -> dict:

@@ -1,0 +1,80 @@
+"""The TensorFlow-free model copy and the one-cycle schedule used for speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import keras
+
+from cnnlab.config import validate_config
+from cnnlab.data import load_raw
+from cnnlab.export import TOLERANCE, LiteModel, export_tflite
+from cnnlab.train import one_cycle_rate, train
+
+from conftest import DATA_DIR, needs_data, small_dnn
+
+
+def _tiny_cnn():
+    return keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax"),
+    ])
+
+
+def test_tflite_copy_matches_keras_within_tolerance(tmp_path):
+    model = _tiny_cnn()
+    sample = np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32)
+    diff = export_tflite(model, tmp_path / "m.tflite", sample)
+    assert diff <= TOLERANCE
+    lite = LiteModel(tmp_path / "m.tflite")
+    assert lite.input_shape == (None, 28, 28, 1) and lite.output_shape == (None, 10)
+    other = np.random.default_rng(1).random((5, 28, 28, 1), dtype=np.float32)  # another batch size
+    np.testing.assert_allclose(lite.predict(other), model.predict(other, verbose=0), atol=TOLERANCE)
+
+
+def test_lite_model_loads_without_tensorflow(tmp_path):
+    export_tflite(_tiny_cnn(), tmp_path / "m.tflite", np.zeros((2, 28, 28, 1), np.float32))
+    code = ("import sys, numpy as np; from cnnlab.export import LiteModel; "
+            f"p = LiteModel({str(tmp_path / 'm.tflite')!r}).predict(np.zeros((1, 28, 28, 1))); "
+            "print(p.shape, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 10) False False"
+    assert "XNNPACK" not in out.stderr  # LiteRT's start-up chatter is not shown to users
+
+
+@needs_data
+def test_training_writes_a_checked_tflite_copy(tmp_path):
+    cfg = validate_config(small_dnn(epochs=1), "s")
+    result = train(cfg, "s", runs_dir=tmp_path, echo=lambda _: None)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["tflite"] == "model.tflite" and metrics["tflite_max_abs_diff"] <= TOLERANCE
+    raw = load_raw("mnist", str(DATA_DIR))
+    x = (raw.x_test[-100:] / 255.0).astype("float32").reshape(-1, 28, 28, 1)
+    best = keras.saving.load_model(result.run_dir / "best.keras")
+    np.testing.assert_allclose(LiteModel(result.run_dir / "model.tflite").predict(x),
+                               best.predict(x, verbose=0), atol=TOLERANCE)
+
+
+def test_one_cycle_warms_up_then_anneals():
+    rates = [one_cycle_rate(step, 100, 0.01, 0.3) for step in range(100)]
+    assert rates[0] == pytest.approx(0.01 / 25)
+    assert max(rates) == pytest.approx(0.01) and int(np.argmax(rates)) == 30
+    assert rates[-1] == pytest.approx(0.01 / 1e4)
+    assert all(a <= b for a, b in zip(rates[:30], rates[1:31]))  # rises
+    assert all(a >= b for a, b in zip(rates[30:], rates[31:]))  # then falls
+
+
+@needs_data
+def test_one_cycle_schedule_drives_the_optimizer(tmp_path):
+    data = small_dnn(epochs=2, lr_schedule={"name": "one_cycle", "max_learning_rate": 0.005})
+    result = train(validate_config(data, "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
+    history = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    # the learning rate recorded at each epoch's end follows the schedule, not the optimizer's 0.001
+    steps = -(-8000 // 32)
+    expected = [one_cycle_rate(steps * (e + 1) - 1, steps * 2, 0.005, 0.3) for e in range(2)]
+    assert [row["learning_rate"] for row in history] == pytest.approx(expected, rel=1e-5)
+    assert result.metrics["test_accuracy"] > 0.85
