@@ -6,7 +6,9 @@ commands that need them, never here, so `cnnlab --help` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import signal
 import sys
 from enum import Enum
@@ -159,6 +161,97 @@ def baseline(
 
     cfg = load_config(config, overrides or [])
     run_baseline(cfg, method.value, runs_dir=runs_dir, clusters=clusters, echo=typer.echo)
+
+
+class EvalDataset(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+
+
+class Preprocess(str, Enum):
+    auto = "auto"
+    mnist = "mnist"
+    fashion = "fashion"
+    none = "none"
+
+
+Target = Annotated[Path, typer.Argument(
+    help="A run directory (its best.keras and config) or a .keras / .h5 / .hdf5 model file.", show_default=False)]
+DatasetOption = Annotated[Optional[EvalDataset], typer.Option(
+    help="For a model file: the data set it was trained on (default mnist). A run knows its own.",
+    show_default=False)]
+ScaleOption = Annotated[Optional[float], typer.Option(
+    help="For a model file: pixels are divided by this, as in its training (default 255).", show_default=False)]
+UnsafeOption = Annotated[bool, typer.Option(
+    "--unsafe", help="Allow Lambda layers, whose Python code runs when the model loads. Only for files you trust.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text (for scripts).")]
+
+
+@app.command()
+@user_errors
+def evaluate(
+    target: Target,
+    dataset: DatasetOption = None,
+    scale: ScaleOption = None,
+    as_json: JsonOption = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where to write the results (default: <run>/evaluation; a model file: nothing written).",
+        show_default=False)] = None,
+    unsafe: UnsafeOption = False,
+) -> None:
+    """Score a model on its test split: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
+    from cnnlab.evaluate import evaluate as evaluate_model
+
+    result = evaluate_model(target, dataset=dataset and dataset.value, scale=scale, out=out, unsafe=unsafe)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report(), nl=as_json)
+
+
+@app.command()
+@user_errors
+def predict(
+    target: Target,
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPG, BMP, GIF) or folders of them.",
+                                                 show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to list per image.")] = 3,
+    as_json: JsonOption = False,
+    preprocess: Annotated[Preprocess, typer.Option(
+        help="auto: as the model's data set was made (MNIST: invert, crop to the ink, fit 20x20, centre by "
+             "mass; Fashion-MNIST: object on black, fitted); none: only a resize to 28x28.")] = Preprocess.auto,
+    explain: Annotated[Optional[Path], typer.Option(
+        help="Write a PNG per image here: the image, the 28x28 the model saw, the probabilities.",
+        show_default=False)] = None,
+    dataset: DatasetOption = None,
+    scale: ScaleOption = None,
+    unsafe: UnsafeOption = False,
+) -> None:
+    """Predict the class of each image with its top-k probabilities (class names for Fashion-MNIST)."""
+    from cnnlab import predict as predicting
+    from cnnlab.checkpoint import load_checkpoint
+
+    files = predicting.collect_images(images)
+    loaded = load_checkpoint(target, dataset=dataset and dataset.value, scale=scale, unsafe=unsafe)
+    with _progress(len(files), f"predicting {len(files)} images") as step:
+        results = predicting.predict_files(loaded, files, top_k=top_k, preprocess=preprocess.value,
+                                           explain_dir=explain, on_image=step)
+    if as_json:
+        document = {"model": str(loaded.path), "dataset": loaded.dataset,
+                    "preprocess": predicting.preprocessing_for(loaded.dataset, preprocess.value),
+                    "predictions": [result.to_dict() for result in results]}
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        typer.echo(predicting.format_predictions(results), nl=False)
+    if explain is not None and not as_json:
+        typer.echo(f"explanations: {explain}/", err=True)
+
+
+@contextlib.contextmanager
+def _progress(count: int, label: str):
+    """A progress bar on stderr for many images; a no-op step for a few."""
+    if count < 10:
+        yield lambda n: None
+        return
+    with typer.progressbar(length=count, label=label, file=sys.stderr) as bar:
+        yield bar.update
 
 
 def main() -> None:

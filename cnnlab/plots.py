@@ -141,3 +141,126 @@ def comparison_curves(run_paths: list[str | Path]) -> list[tuple[str, list[dict]
 def plot_comparison(run_paths: list[str | Path], path: Path) -> Path:
     """Overlay the curves of several run directories in one PNG; legend from the run names."""
     return _save(comparison_figure(comparison_curves(run_paths)), Path(path))
+
+
+def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, title: str) -> Path:
+    """The confusion matrix as a grid: counts in every cell, errors in red, hits in green.
+
+    Rows are the true class, columns the predicted one. Hits are shaded by the share
+    of their row, errors by their count against the largest error, so the few
+    off-diagonal cells that matter stand out even when the diagonal holds thousands.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    n = len(matrix)
+    named = any(name != str(i) for i, name in enumerate(class_names))
+    labels = [f"{i} {name}" if named else name for i, name in enumerate(class_names)]
+    diagonal = np.eye(n, dtype=bool)
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    errors = np.where(diagonal, 0, matrix)
+    worst = max(int(errors.max(initial=0)), 1)
+    side = 5.2 + 0.32 * n + (1.6 if named else 0)
+    fig, ax = plt.subplots(figsize=(side, side - 0.6))
+    ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greens", vmin=0, vmax=1.15)
+    ax.imshow(np.ma.masked_where(diagonal | (matrix == 0), errors), cmap="Reds", vmin=-0.25 * worst, vmax=worst)
+    for (row, col), count in np.ndenumerate(matrix):
+        if count == 0:
+            continue
+        dark = share[row, col] > 0.6 if row == col else errors[row, col] > 0.55 * worst
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=8 if count < 1000 else 7,
+                color="white" if dark else "black")
+    ax.set_xticks(range(n), labels, rotation=45 if named else 0, ha="right" if named else "center")
+    ax.set_yticks(range(n), labels)
+    ax.set_xticks(np.arange(-0.5, n), minor=True)
+    ax.set_yticks(np.arange(-0.5, n), minor=True)
+    ax.grid(which="minor", color="#dddddd", lw=0.6)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = int(matrix.sum())
+    ax.set_title(f"{title}\naccuracy {np.trace(matrix) / max(total, 1):.4f} on {total} images "
+                 f"({total - int(np.trace(matrix))} errors, in red)")
+    return _save(fig, path)
+
+
+def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], path: Path, title: str,
+                  total_wrong: int) -> Path:
+    """A gallery of wrong predictions, the most confident first: each image as the model saw it.
+
+    Args:
+        images: the data set's raw images, (N, height, width), indexed by `mistakes[i]["index"]`.
+        mistakes: dicts with `index`, `true`, `predicted` (class ids) and `confidence`.
+        class_names: the data set's class names (digits, or Fashion-MNIST's names).
+        path: the PNG to write.
+        title: what was evaluated (the model's name).
+        total_wrong: how many mistakes there are in all (the gallery shows the first ones).
+    """
+    plt = _pyplot()
+    columns = 6
+    rows = max(1, -(-len(mistakes) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.75 * columns, 2.05 * rows + 0.7), squeeze=False)
+    named = any(name != str(i) for i, name in enumerate(class_names))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, item in zip(axes.ravel(), mistakes):
+        ax.imshow(images[item["index"]], cmap="gray", interpolation="nearest")
+        true, said = class_names[item["true"]], class_names[item["predicted"]]
+        if named:
+            caption = f"true: {true}\nsaid: {said} {item['confidence']:.0%}"
+        else:
+            caption = f"true {true}, said {said}\n{item['confidence']:.1%} sure"
+        ax.set_title(caption, fontsize=8.5, color="#b00000", pad=3)
+        ax.text(0.02, 0.02, f"#{item['index']}", transform=ax.transAxes, fontsize=7, color="#bbbbbb",
+                va="bottom")
+    if not mistakes:
+        axes[0][0].text(0, 0.5, "no mistakes", fontsize=12)
+    shown = f"the {len(mistakes)} most confident of {total_wrong} mistakes" if mistakes else "no mistakes"
+    fig.suptitle(f"{title}: {shown} (#: index in the test set)", fontsize=10.5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_explanation(original, seen, probs, class_names: tuple[str, ...], path: Path, title: str) -> Path:
+    """Why the model said what it said: the image as given, the 28x28 it saw, the probabilities.
+
+    Args:
+        original: the image as read (a PIL image, RGB or grey).
+        seen: the (28, 28) image the model was fed, 0..255 before scaling.
+        probs: the model's probability for every class.
+        class_names: the data set's class names.
+        path: the PNG to write.
+        title: a heading (the image file's name).
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    probs = np.asarray(probs, dtype=float)
+    best = int(np.argmax(probs))
+    fig, (left, middle, right) = plt.subplots(
+        1, 3, figsize=(11.0, 3.6), gridspec_kw={"width_ratios": [1.15, 1.0, 1.35]})
+    shown = original.copy()
+    shown.thumbnail((600, 600))
+    left.imshow(shown, cmap="gray" if shown.mode == "L" else None, vmin=0, vmax=255)
+    left.set_title(f"the image ({original.size[0]}x{original.size[1]})", fontsize=10)
+    left.set_xticks([])  # no ticks, but the frame: a white page on a white figure needs its edge
+    left.set_yticks([])
+    middle.imshow(seen, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    middle.set_title(f"what the model saw ({seen.shape[1]}x{seen.shape[0]})", fontsize=10)
+    middle.set_xticks([])
+    middle.set_yticks([])
+    order = np.arange(len(probs))[::-1]
+    colors = ["#2a7ab9" if i == best else "#b9c7d4" for i in order]
+    right.barh(range(len(order)), probs[order], color=colors)
+    right.set_yticks(range(len(order)), [class_names[i] for i in order], fontsize=9)
+    right.set_xlim(0, 1.18)
+    right.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25%", "50%", "75%", "100%"], fontsize=8)
+    for y, i in enumerate(order):
+        if probs[i] >= 0.005:
+            right.text(probs[i] + 0.015, y, f"{probs[i]:.1%}", va="center", fontsize=8)
+    right.set_title("probability per class", fontsize=10)
+    right.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"{title}: {class_names[best]} ({probs[best]:.1%})", fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,392 @@
+"""Load a model to evaluate or predict with: a cnnlab run directory or any Keras model file.
+
+TARGET is one of
+- a run directory (`runs/cnn-20261123-012542`): its `best.keras`, and the dataset and
+  scaling of its `config.yaml`;
+- a `.keras` file, or a `.h5`/`.hdf5` file written by Keras 3 or by Keras 2 (legacy
+  full-model HDF5): the dataset and scaling are given by the user (MNIST, x / 255 by
+  default), or come from the run directory the file sits in.
+
+Loading never runs code from the file. Before Keras sees it, the model's config is
+read as plain JSON (the `config.json` of a `.keras` zip, the `model_config` attribute
+of an HDF5 file) and a `Lambda` layer, whose Python bytecode would run while the model
+is built, is refused unless the user passes `unsafe=True`; Keras itself then loads in
+safe mode as a second guard. A Keras 2 `.h5` whose first layer carries
+`batch_input_shape` (which Keras 3 turns into a 5-D input, "Kernel shape must have the
+same length as input") is loaded from a patched copy with that shape moved into an
+`InputLayer`.
+
+The model's own input shape decides how samples are shaped: (28, 28), (28, 28, 1) or
+flat (784,). `LoadedModel` is everything evaluate and predict need; `load_checkpoint`
+is the one function that makes one (a TensorFlow-free loader could replace it).
+
+Example:
+    loaded = load_checkpoint("runs/cnn-20261123-012542")
+    probs = loaded.predict(loaded.prepare(raw_images))  # raw_images: (N, 28, 28) uint8
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab import rundir
+from cnnlab.data import DATASETS
+from cnnlab.errors import CnnlabError
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+DEFAULT_DATASET = "mnist"
+DEFAULT_SCALE = 255.0
+_KNOWN_LOSSES = (
+    "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
+    "mse", "mean_squared_error", "mae", "mean_absolute_error",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model with what it takes to feed it: its data set, scaling and input shape.
+
+    Args:
+        model: the Keras model (uncompiled).
+        path: the model file.
+        kind: what the file is, for people ("cnnlab run", ".keras file", ".h5 file (Keras 2.3.1)").
+        dataset: the data set the model reads (`mnist`, `fashion_mnist`, ...).
+        scale: pixels are divided by this, as in training.
+        input_shape: one sample as the model takes it, e.g. (28, 28, 1) or (784,).
+        loss: the loss the model was trained with, where the file or run says it.
+        run_dir: the run directory, for a cnnlab run (results go there).
+        test_samples: how many test images the run was scored on (None: all).
+        data_dir: where the data set's files are (the run's `data.dir`; None: the default).
+    """
+
+    model: Any
+    path: Path
+    kind: str
+    dataset: str
+    scale: float
+    input_shape: tuple[int, ...]
+    loss: str | None = None
+    run_dir: Path | None = None
+    test_samples: int | None = None
+    data_dir: str | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return DATASETS[self.dataset].class_names
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """Raw samples ((N, 28, 28) grey levels 0..255) as the model takes them: scaled, shaped."""
+        x = np.asarray(raw, dtype=np.float32)
+        if DATASETS[self.dataset].is_image:
+            x = x / np.float32(self.scale)
+        return x.reshape((len(x), *self.input_shape))
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, (N, classes); a model that outputs logits gets a softmax."""
+        import keras
+
+        outputs = []
+        for start in range(0, len(x), batch_size):
+            batch = self.model(x[start:start + batch_size], training=False)
+            outputs.append(np.asarray(keras.ops.convert_to_numpy(batch), dtype=np.float64))
+        probs = np.concatenate(outputs) if outputs else np.zeros((0, self.model.output_shape[-1]))
+        if probs.shape[-1] > 1 and not _are_probabilities(probs):
+            shifted = np.exp(probs - probs.max(axis=-1, keepdims=True))
+            probs = shifted / shifted.sum(axis=-1, keepdims=True)
+        return probs
+
+
+def _are_probabilities(values: np.ndarray) -> bool:
+    return bool(values.min(initial=0) >= 0 and np.allclose(values.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float | None = None,
+                    unsafe: bool = False) -> LoadedModel:
+    """Load TARGET (a run directory or a model file) ready to evaluate or predict.
+
+    Args:
+        target: a cnnlab run directory, or a `.keras` / `.h5` / `.hdf5` model file.
+        dataset: the data set of a bare model file (default: mnist, or the config of
+            the run directory the file is in). A run directory keeps its own.
+        scale: pixels are divided by this (default: 255, or the run's `data.scale`).
+        unsafe: allow Lambda layers, whose Python code runs while loading. Only for
+            files from a source you trust.
+    """
+    target = Path(target)
+    if not target.exists():
+        raise CnnlabError(f"{target}: no such run directory or model file.")
+    run_dir = None
+    if target.is_dir():
+        run = rundir.open_run(target)
+        run_dir, path = run.path, run.checkpoint
+        if not path.exists():
+            raise CnnlabError(
+                f"{target}: the run has no {rundir.BEST} yet (it stopped before its first epoch "
+                f"finished); resume it with `cnnlab train --resume {target}`."
+            )
+        cfg = _run_config(run_dir)
+        dataset, scale = _run_data(cfg, run_dir, dataset, scale)
+        kind, loss, test_samples, data_dir = "cnnlab run", cfg.train.loss, cfg.data.test_samples, cfg.data.dir
+    else:
+        path = target
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            raise CnnlabError(
+                f"{path}: is not a model file cnnlab can load; give a run directory or a "
+                f"{', '.join(MODEL_SUFFIXES)} file."
+            )
+        kind, loss, test_samples, data_dir = f"{path.suffix.lower()} file", None, None, None
+        owner = _owning_run(path)
+        if owner is not None:  # e.g. runs/<run>/dm_03_0.98.keras: the run knows its data
+            cfg = _run_config(owner)
+            dataset = dataset or cfg.data.dataset
+            scale = scale if scale is not None else cfg.data.scale
+            data_dir = cfg.data.dir
+    dataset = dataset or DEFAULT_DATASET
+    scale = float(scale if scale is not None else DEFAULT_SCALE)
+    if dataset not in DATASETS:
+        raise CnnlabError(f"dataset {dataset!r} is unknown; use one of {', '.join(DATASETS)}.")
+    if scale <= 0:
+        raise CnnlabError(f"--scale {scale:g}: must be a positive number (pixels are divided by it), e.g. 255.")
+
+    config, saved_by, file_loss = _read_model_config(path)
+    if saved_by:
+        kind += f" (Keras {saved_by})"
+    lambdas = _lambda_layers(config)
+    if lambdas and not unsafe:
+        raise CnnlabError(
+            f"{path}: the model has a Lambda layer ({', '.join(lambdas)}), whose Python code would run "
+            "on loading; cnnlab refuses it. Pass --unsafe only if you trust where the file comes from."
+        )
+    model = _load_keras(path, config, unsafe)
+    input_shape = _fit_input(model, path, dataset)
+    _check_output(model, path, dataset)
+    return LoadedModel(
+        model=model, path=path, kind=kind, dataset=dataset, scale=scale, input_shape=input_shape,
+        loss=loss or file_loss, run_dir=run_dir, test_samples=test_samples, data_dir=data_dir,
+    )
+
+
+def _run_config(run_dir: Path):
+    from cnnlab.config import read_yaml_mapping, validate_config
+
+    path = run_dir / rundir.CONFIG
+    return validate_config(read_yaml_mapping(path), path)
+
+
+def _run_data(cfg, run_dir: Path, dataset: str | None, scale: float | None) -> tuple[str, float]:
+    """A run is evaluated on the data it was trained for; a differing --dataset/--scale is a mistake."""
+    if dataset not in (None, cfg.data.dataset) or (scale is not None and float(scale) != cfg.data.scale):
+        raise CnnlabError(
+            f"{run_dir}: the run was trained on {cfg.data.dataset} scaled by 1/{cfg.data.scale:g} "
+            f"({rundir.CONFIG}); --dataset and --scale are for bare model files, leave them out for a run."
+        )
+    return cfg.data.dataset, cfg.data.scale
+
+
+def _owning_run(path: Path) -> Path | None:
+    """The run directory a model file sits in, if any (its config gives the data)."""
+    folder = path.resolve().parent
+    if (folder / rundir.CONFIG).is_file() and (folder / rundir.RUN).is_file():
+        return folder
+    return None
+
+
+def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
+    """The model's config as plain JSON, the Keras version that saved it, its training loss.
+
+    Reads the file without Keras, so nothing in it can run; a file that is not a
+    complete model is a clear error here.
+    """
+    if path.is_dir():
+        raise CnnlabError(f"{path}: is a folder; a model file ends in {', '.join(MODEL_SUFFIXES)}.")
+    if path.suffix.lower() == ".keras":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+                metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
+        except (zipfile.BadZipFile, EOFError):
+            raise CnnlabError(f"{path}: is not a complete .keras file (not a zip archive: truncated or corrupt).") from None
+        except KeyError:
+            raise CnnlabError(f"{path}: is not a Keras model file (the .keras archive has no config.json).") from None
+        except (OSError, ValueError) as exc:
+            raise CnnlabError(f"{path}: cannot read the .keras file ({exc}).") from None
+        compiled = (config.get("compile_config") if isinstance(config, dict) else None) or {}
+        return _as_model_config(config, path), metadata.get("keras_version"), _loss_name(compiled.get("loss"))
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+    except OSError:
+        raise CnnlabError(f"{path}: is not a complete HDF5 file (truncated, corrupt or another format).") from None
+    raw = attrs.get("model_config")
+    if raw is None:
+        raise CnnlabError(
+            f"{path}: holds no model architecture (only weights?); cnnlab needs a whole model, "
+            "as `model.save(...)` writes it."
+        )
+    try:
+        config = json.loads(_text(raw))
+        training = json.loads(_text(attrs["training_config"])) if "training_config" in attrs else {}
+    except (ValueError, UnicodeDecodeError):
+        raise CnnlabError(f"{path}: the model_config in the file is not valid JSON (corrupt file).") from None
+    version = attrs.get("keras_version")
+    return _as_model_config(config, path), _text(version) if version is not None else None, _loss_name(training.get("loss"))
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _as_model_config(config, path: Path) -> dict:
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise CnnlabError(f"{path}: the file's model config is not a Keras model (no class_name).")
+    return config
+
+
+def _loss_name(loss) -> str | None:
+    return loss if isinstance(loss, str) and loss in _KNOWN_LOSSES else None
+
+
+def _lambda_layers(config) -> list[str]:
+    """Names of the Lambda layers (and Python lambdas) anywhere in a model config."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in ("Lambda", "__lambda__") or node.get("function_type") == "lambda":
+                inner = node.get("config")
+                found.append(str(inner.get("name", "lambda")) if isinstance(inner, dict) else "lambda")
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _load_keras(path: Path, config: dict, unsafe: bool):
+    """Keras' own loader (safe mode unless `unsafe`); a Keras 2 Sequential .h5 from a patched copy."""
+    from cnnlab.train import init_backend
+
+    keras, _ = init_backend("auto")
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="cnnlab-load-") as tmp:
+        warnings.simplefilter("ignore")  # Keras' advice to the author of the file, not to our user
+        source = path
+        patched = _input_layer_first(config) if path.suffix.lower() != ".keras" else None
+        if patched is not None:
+            source = Path(tmp) / f"model{path.suffix.lower()}"
+            _write_patched_h5(path, source, patched)
+        try:
+            return keras.saving.load_model(source, compile=False, safe_mode=not unsafe)
+        except Exception as exc:  # any failure inside Keras means this file is not a model it can load
+            raise CnnlabError(f"{path}: Keras cannot load this model: {_first_line(exc)}") from None
+
+
+def _input_layer_first(config: dict) -> dict | None:
+    """A Keras 2 Sequential config with its `batch_input_shape` moved into an InputLayer.
+
+    None when the config needs no patch. Keras 2 stored the input shape on the first
+    real layer; Keras 3 reads it there as a layer argument and builds a 5-D input.
+    """
+    if config.get("class_name") != "Sequential":
+        return None
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else inner  # Keras <= 2.2: a bare list
+    if not isinstance(layers, list) or not layers:
+        return None
+    first = layers[0]
+    first_config = first.get("config", {}) if isinstance(first, dict) else {}
+    if first.get("class_name") == "InputLayer" or "batch_input_shape" not in first_config:
+        return None
+    first_config = dict(first_config)
+    shape = first_config.pop("batch_input_shape")
+    input_layer = {"class_name": "InputLayer", "config": {
+        "batch_input_shape": shape, "dtype": first_config.get("dtype", "float32"),
+        "sparse": False, "name": f"{first_config.get('name', 'layer')}_input",
+    }}
+    layers = [input_layer, {**first, "config": first_config}, *layers[1:]]
+    name = inner.get("name", "sequential") if isinstance(inner, dict) else "sequential"
+    return {**config, "config": {**(inner if isinstance(inner, dict) else {}), "name": name, "layers": layers}}
+
+
+def _write_patched_h5(source: Path, target: Path, config: dict) -> None:
+    import h5py
+
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o600)  # the original may be read-only; the copy is ours
+    with h5py.File(target, "r+") as handle:
+        handle.attrs["model_config"] = json.dumps(config)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _fit_input(model, path: Path, dataset: str) -> tuple[int, ...]:
+    """One sample's shape as the model takes it; an error when the data cannot fit it."""
+    info = DATASETS[dataset]
+    shapes = model.input_shape
+    if isinstance(shapes, list) or (shapes and isinstance(shapes[0], (tuple, list))):
+        raise CnnlabError(f"{path}: the model has {len(shapes)} inputs; cnnlab feeds models with one input.")
+    shape = tuple(shapes[1:])
+    size = int(np.prod(info.sample_shape))
+    if None in shape:  # e.g. a fully convolutional model: the data's own size
+        known = (*info.sample_shape, 1)[: len(shape)] if len(shape) >= 2 else (size,)
+        shape = tuple(known[i] if dim is None else dim for i, dim in enumerate(shape))
+    if int(np.prod(shape)) != size:
+        sample = "x".join(map(str, info.sample_shape))
+        raise CnnlabError(
+            f"{path}: the model takes inputs of shape {shape} ({int(np.prod(shape))} values), but "
+            f"{dataset} samples are {sample} ({size} values); use a model trained on {dataset}-sized data "
+            "or --dataset for the data it was trained on."
+        )
+    return shape
+
+
+def _check_output(model, path: Path, dataset: str) -> None:
+    info = DATASETS[dataset]
+    shape = model.output_shape
+    units = shape[-1] if isinstance(shape, tuple) and len(shape) == 2 else None
+    if units != info.num_classes and not (info.num_classes == 2 and units == 1):
+        raise CnnlabError(
+            f"{path}: the model's output has shape {shape}, but {dataset} has {info.num_classes} classes; "
+            f"expected (None, {info.num_classes})."
+        )
+
+
+def make_output_dir(path: str | Path, option: str) -> Path:
+    """Create the folder results go to; a clear error where it cannot or must not be written.
+
+    A folder whose permissions allow no one to write (`r-xr-xr-x`, e.g. a shared,
+    read-only data folder) is refused even for root, who could write there anyway.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise CnnlabError(f"{option} {path}: {existing} is a file, not a folder.")
+    if existing.exists() and not existing.stat().st_mode & 0o222:
+        raise CnnlabError(f"{option} {path}: {existing} is read-only; choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnlabError(f"{option} {path}: cannot create the folder ({exc.strerror}).") from None
+    return path
+

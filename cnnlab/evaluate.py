@@ -1,0 +1,203 @@
+"""Score a model on its data set's test split: loss, accuracy, per-class scores, errors.
+
+`evaluate` loads TARGET (a run directory or a model file, see `cnnlab.checkpoint`),
+predicts the whole test split, and reports the loss, the accuracy, precision / recall
+/ F1 per class (scikit-learn), the confusion matrix, and the mistakes the model was
+most sure of.
+
+Where results are written:
+- a run directory: `<run>/evaluation/` (next to its checkpoint), or `out` if given;
+- a bare model file: only under `out`. Without it nothing is written and the report
+  is printed only: a model file from elsewhere often sits in a folder that is not the
+  user's to write in (a download, a read-only share like `../shared/realmodels/`), and
+  dropping files into the current directory unasked would surprise. The report says
+  how to save the PNGs.
+
+The files: `evaluation.json` (the same document `--json` prints), `report.txt` (the
+printed report), `confusion_matrix.png` and `mistakes.png`.
+
+Example:
+    result = evaluate("runs/cnn-20261123-012542")
+    result.accuracy  # 0.991, as the training reported
+    print(result.report())
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab import rundir
+from cnnlab.checkpoint import LoadedModel, load_checkpoint, make_output_dir
+from cnnlab.data import DATASETS, encode_labels, load_raw
+from cnnlab.model import class_predictions
+
+OUTPUT_DIR = "evaluation"  # inside a run directory
+GALLERY_SIZE = 24  # mistakes shown in mistakes.png
+FALLBACK_LOSS = "sparse_categorical_crossentropy"  # when the file does not say how it was trained
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` measured. `to_dict` is the JSON document; `report` the printed text."""
+
+    loaded: LoadedModel
+    samples: int
+    loss: float
+    loss_name: str
+    loss_as_trained: bool
+    accuracy: float
+    correct: int
+    per_class: list[dict]
+    confusion: np.ndarray
+    mistakes: list[dict]  # the most confident first: index, true, predicted, confidence
+    total_wrong: int
+    out_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        loaded = self.loaded
+        macro = {key: float(np.mean([row[key] for row in self.per_class])) for key in ("precision", "recall", "f1")}
+        return {
+            "model": str(loaded.path), "kind": loaded.kind, "dataset": loaded.dataset, "scale": loaded.scale,
+            "input_shape": list(loaded.input_shape), "samples": self.samples,
+            "loss": self.loss, "loss_name": self.loss_name, "loss_as_trained": self.loss_as_trained,
+            "accuracy": self.accuracy, "correct": self.correct,
+            "per_class": self.per_class, "macro_avg": macro,
+            "confusion_matrix": self.confusion.tolist(),
+            "worst_mistakes": self.mistakes, "mistakes": self.total_wrong,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+            "files": [str(path) for path in self.files],
+        }
+
+    def report(self) -> str:
+        """The human-readable report: summary, per-class table, confusion matrix."""
+        loaded = self.loaded
+        names = loaded.class_names
+        named = any(name != str(i) for i, name in enumerate(names))
+        labels = [f"{i} {name}" if named else name for i, name in enumerate(names)]
+        how = "as trained" if self.loss_as_trained else "the file does not say how it was trained"
+        lines = [
+            f"model     {loaded.path} ({loaded.kind})",
+            f"data      {loaded.dataset} test split, {self.samples} samples, input {loaded.input_shape}, "
+            f"x / {loaded.scale:g}",
+            f"loss      {self.loss:.4f} ({self.loss_name}, {how})",
+            f"accuracy  {self.accuracy:.4f} ({self.correct} of {self.samples} right)",
+            "",
+        ]
+        width = max(len("macro avg"), *(len(label) for label in labels))
+        lines.append(f"{'class':<{width}}  precision  recall      f1  support")
+        for label, row in zip(labels, self.per_class):
+            lines.append(f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+                         f"{row['f1']:6.4f}  {row['support']:7d}")
+        macro = self.to_dict()["macro_avg"]
+        lines.append(f"{'macro avg':<{width}}  {macro['precision']:9.4f}  {macro['recall']:6.4f}  "
+                     f"{macro['f1']:6.4f}  {self.samples:7d}")
+        lines += ["", "confusion matrix (rows: true class, columns: predicted class)"]
+        cell = max(5, len(str(int(self.confusion.max(initial=0)))) + 1)
+        lines.append(" " * width + "".join(f"{i:>{cell}}" for i in range(len(names))))
+        for label, row in zip(labels, self.confusion):
+            lines.append(f"{label:<{width}}" + "".join(f"{int(count) or '.':>{cell}}" for count in row))
+        lines.append("")
+        if self.out_dir is not None:
+            lines.append(f"wrote {self.out_dir}/: {', '.join(path.name for path in self.files)}")
+        else:
+            lines.append("(nothing written; add --out DIR to save the confusion matrix and mistakes PNGs)")
+        return "\n".join(lines) + "\n"
+
+
+def evaluate(target: str | Path, dataset: str | None = None, scale: float | None = None,
+             out: str | Path | None = None, unsafe: bool = False) -> Evaluation:
+    """Evaluate TARGET on its test split and write the results (see the module docstring).
+
+    Args:
+        target: a run directory or a `.keras` / `.h5` / `.hdf5` model file.
+        dataset: for a bare model file: the data set it reads (default mnist).
+        scale: for a bare model file: pixels are divided by this (default 255).
+        out: where to write the results (default: `<run>/evaluation/`; nowhere for a bare file).
+        unsafe: allow Lambda layers (their code runs on loading).
+    """
+    if out is not None:  # before the slow part: a folder we cannot write is found at once
+        make_output_dir(out, "--out")
+    loaded = load_checkpoint(target, dataset=dataset, scale=scale, unsafe=unsafe)
+    info = DATASETS[loaded.dataset]
+    raw = load_raw(loaded.dataset, loaded.data_dir)
+    images, labels = raw.x_test[: loaded.test_samples], raw.y_test[: loaded.test_samples]
+    probs = loaded.predict(loaded.prepare(images))
+    predicted = class_predictions(probs)
+    loss_name = loaded.loss or FALLBACK_LOSS
+    result = _score(loaded, labels, probs, predicted, loss_name, info.num_classes)
+
+    out_dir = Path(out) if out is not None else (loaded.run_dir / OUTPUT_DIR if loaded.run_dir else None)
+    if out_dir is not None:
+        result.out_dir = out_dir
+        result.files = _write(result, images if info.is_image else None, out_dir)
+    return result
+
+
+def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
+           loss_name: str, num_classes: int) -> Evaluation:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    classes = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=classes, zero_division=0)
+    per_class = [
+        {"class": i, "name": loaded.class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+         "f1": float(f1[i]), "support": int(support[i])}
+        for i in classes
+    ]
+    wrong = np.nonzero(predicted != labels)[0]
+    confidence = probs[wrong, predicted[wrong]] if probs.shape[-1] > 1 else np.abs(probs[wrong, 0] - 0.5) + 0.5
+    order = wrong[np.argsort(-confidence, kind="stable")]
+    sure = dict(zip(wrong.tolist(), confidence.tolist()))
+    mistakes = [
+        {"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]), "confidence": float(sure[int(i)])}
+        for i in order[:GALLERY_SIZE]
+    ]
+    correct = int(np.sum(predicted == labels))
+    return Evaluation(
+        loaded=loaded, samples=len(labels), loss=_loss(loss_name, probs, labels, num_classes),
+        loss_name=loss_name, loss_as_trained=loaded.loss is not None,
+        accuracy=correct / max(len(labels), 1), correct=correct, per_class=per_class,
+        confusion=confusion_matrix(labels, predicted, labels=classes), mistakes=mistakes,
+        total_wrong=len(wrong),
+    )
+
+
+def _loss(name: str, probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The loss as Keras computes it in training, on the model's probabilities."""
+    import keras
+
+    if name.startswith("sparse_"):
+        targets = labels
+    elif probs.shape[-1] == 1:
+        targets = labels.reshape(-1, 1).astype("float32")
+    else:
+        targets = encode_labels(labels, num_classes, one_hot=True)
+    values = keras.losses.get(name)(targets, probs.astype("float32"))
+    return float(np.mean(keras.ops.convert_to_numpy(values)))
+
+
+def _write(result: Evaluation, images: np.ndarray | None, out_dir: Path) -> list[Path]:
+    from cnnlab.plots import plot_confusion_matrix, plot_mistakes
+
+    make_output_dir(out_dir, "--out")
+    loaded = result.loaded
+    title = loaded.run_dir.name if loaded.run_dir else loaded.path.name
+    files = [out_dir / "evaluation.json", out_dir / "report.txt"]
+    files.append(plot_confusion_matrix(result.confusion, loaded.class_names, out_dir / "confusion_matrix.png", title))
+    if images is not None:
+        files.append(plot_mistakes(images, result.mistakes, loaded.class_names, out_dir / "mistakes.png", title,
+                                   result.total_wrong))
+    result.files = files
+    rundir.write_json(out_dir / "evaluation.json", result.to_dict())
+    rundir.write_text(out_dir / "report.txt", result.report())
+    return files
+
+
+def to_json(result: Evaluation) -> str:
+    return json.dumps(result.to_dict(), indent=2)

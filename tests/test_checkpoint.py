@@ -1,0 +1,183 @@
+"""Loading models: run directories, .keras, Keras 3 and Keras 2 .h5 files, and files that must be refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.config import validate_config
+from cnnlab.errors import CnnlabError
+
+from conftest import SHARED, small_dnn
+
+REALMODELS = SHARED / "realmodels"
+KERAS2_H5 = REALMODELS / "ikukang__DeepLearningWithPythonKeras__mnist_cnn.h5"
+KERAS3_H5 = REALMODELS / "JanithaB__cnn_mnist_cv2__mnist_cnn.h5"
+needs_realmodels = pytest.mark.skipif(not KERAS2_H5.exists(), reason="../shared/realmodels not found")
+
+
+def save_model(path, input_shape=(28, 28, 1), outputs=10, activation="softmax", layers=()):
+    """Save a small (untrained) Keras model: input -> *layers -> flatten -> dense(outputs)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input(input_shape), *layers, keras.layers.Flatten(), keras.layers.Dense(outputs, activation=activation),
+    ])
+    model.save(path)
+    return path
+
+
+def make_run(root, **data):
+    """A run directory as `cnnlab train` leaves it (config.yaml, run.json, best.keras), untrained."""
+    config = small_dnn()
+    config["data"].update(data)
+    cfg = validate_config(config, "small.yaml")
+    run = root / "small-20260101-000000"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    (run / "run.json").write_text(json.dumps({"name": "small", "status": "completed"}))
+    save_model(run / "best.keras", input_shape=(28, 28))
+    return run
+
+
+@needs_realmodels
+@pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`")
+def test_a_keras2_h5_that_keras3_refuses_loads_and_the_file_is_untouched():
+    before = hashlib.sha256(KERAS2_H5.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="Kernel shape must have the same length"):
+        keras.saving.load_model(KERAS2_H5, compile=False)  # what a plain load does
+    loaded = load_checkpoint(KERAS2_H5)
+    assert "Keras 2.3.1" in loaded.kind and loaded.input_shape == (28, 28, 1)
+    assert loaded.model.count_params() == 93_322
+    assert loaded.loss == "categorical_crossentropy" and loaded.dataset == "mnist" and loaded.scale == 255
+    assert hashlib.sha256(KERAS2_H5.read_bytes()).hexdigest() == before
+
+
+@needs_realmodels
+def test_a_keras3_h5_loads():
+    loaded = load_checkpoint(KERAS3_H5)
+    assert "Keras 3.4.1" in loaded.kind and loaded.input_shape == (28, 28, 1)
+    assert loaded.model.count_params() == 34_826
+
+
+def test_a_run_directory_brings_its_checkpoint_dataset_and_scale(tmp_path):
+    run = make_run(tmp_path, dataset="fashion_mnist", scale=1.0, test_samples=500)
+    loaded = load_checkpoint(run)
+    assert loaded.path == run / "best.keras" and loaded.run_dir == run and loaded.kind.startswith("cnnlab run")
+    assert (loaded.dataset, loaded.scale, loaded.test_samples) == ("fashion_mnist", 1.0, 500)
+    assert loaded.class_names[9] == "Ankle boot"
+    # a model file inside a run directory knows its data too
+    assert load_checkpoint(run / "best.keras").dataset == "fashion_mnist"
+    with pytest.raises(CnnlabError, match=r"trained on fashion_mnist.*--dataset and --scale are for bare model files"):
+        load_checkpoint(run, dataset="mnist")
+
+
+def test_a_run_without_a_checkpoint_yet_is_an_error(tmp_path):
+    run = make_run(tmp_path)
+    (run / "best.keras").unlink()
+    with pytest.raises(CnnlabError, match=r"has no best\.keras yet.*--resume"):
+        load_checkpoint(run)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (28, 28), (784,), (None, None, 1)])
+def test_the_models_own_input_shape_decides_how_samples_are_shaped(tmp_path, shape):
+    if shape == (None, None, 1):
+        layers = (keras.layers.Conv2D(4, 3), keras.layers.GlobalMaxPooling2D())
+        model = keras.Sequential([keras.Input(shape), *layers, keras.layers.Dense(10, activation="softmax")])
+        model.save(tmp_path / "m.keras")
+    else:
+        save_model(tmp_path / "m.keras", input_shape=shape)
+    loaded = load_checkpoint(tmp_path / "m.keras", scale=255)
+    expected = (28, 28, 1) if shape == (None, None, 1) else shape
+    assert loaded.input_shape == expected
+    raw = np.full((3, 28, 28), 255, np.uint8)
+    x = loaded.prepare(raw)
+    assert x.shape == (3, *expected) and x.max() == pytest.approx(1.0)
+    probs = loaded.predict(x)
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1)
+
+
+def test_a_model_that_outputs_logits_gets_a_softmax(tmp_path):
+    save_model(tmp_path / "logits.keras", activation=None)
+    loaded = load_checkpoint(tmp_path / "logits.keras")
+    probs = loaded.predict(loaded.prepare(np.random.default_rng(0).integers(0, 255, (5, 28, 28))))
+    assert probs.min() >= 0 and np.allclose(probs.sum(axis=1), 1)
+
+
+def test_a_model_for_other_data_is_an_error_naming_both_shapes(tmp_path):
+    save_model(tmp_path / "cifar.keras", input_shape=(32, 32, 3))
+    with pytest.raises(CnnlabError, match=r"cifar\.keras: the model takes inputs of shape \(32, 32, 3\).*mnist samples are 28x28"):
+        load_checkpoint(tmp_path / "cifar.keras")
+    save_model(tmp_path / "five.keras", outputs=5)
+    with pytest.raises(CnnlabError, match=r"five\.keras: the model's output has shape \(None, 5\).*10 classes"):
+        load_checkpoint(tmp_path / "five.keras")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_lambda_layer_is_refused_unless_unsafe(tmp_path, suffix):
+    path = save_model(tmp_path / f"lambda{suffix}", layers=(keras.layers.Lambda(lambda x: x * 2.0, name="double"),))
+    with pytest.raises(CnnlabError, match=r"has a Lambda layer \(double\).*--unsafe"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, unsafe=True).input_shape == (28, 28, 1)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_crafted_file_cannot_run_code_on_loading(tmp_path, suffix):
+    marker = tmp_path / "pwned"
+    code = f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]"  # the path as a constant
+    evil = keras.layers.Lambda(eval(code))
+    path = save_model(tmp_path / f"evil{suffix}", layers=(evil,))
+    marker.unlink()  # building the model while saving ran it once
+    with pytest.raises(CnnlabError, match="Lambda"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    load_checkpoint(path, unsafe=True)  # the file really does run code when allowed to
+    assert marker.exists()
+
+
+def test_a_config_that_names_a_python_function_is_refused(tmp_path):
+    # not a Lambda: an activation that points at os.system
+    path = save_model(tmp_path / "plain.keras")
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    config["config"]["layers"][-1]["config"]["activation"] = {
+        "module": "os", "class_name": "function", "config": "system", "registered_name": "system"}
+    files["config.json"] = json.dumps(config).encode()
+    crafted = tmp_path / "crafted.keras"
+    with zipfile.ZipFile(crafted, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with pytest.raises(CnnlabError, match=r"crafted\.keras: Keras cannot load this model"):
+        load_checkpoint(crafted)
+
+
+def test_missing_truncated_and_foreign_files_are_errors_naming_the_file(tmp_path):
+    with pytest.raises(CnnlabError, match=r"gone\.keras: no such run directory or model file"):
+        load_checkpoint(tmp_path / "gone.keras")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CnnlabError, match=r"notes\.txt: is not a model file.*\.keras"):
+        load_checkpoint(tmp_path / "notes.txt")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(CnnlabError, match=r"text\.h5: is not a complete HDF5 file"):
+        load_checkpoint(tmp_path / "text.h5")
+    whole = save_model(tmp_path / "whole.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CnnlabError, match=r"cut\.keras: is not a complete \.keras file"):
+        load_checkpoint(tmp_path / "cut.keras")
+    whole = save_model(tmp_path / "whole.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CnnlabError, match=r"cut\.h5"):
+        load_checkpoint(tmp_path / "cut.h5")
+    keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)]).save_weights(tmp_path / "only.weights.h5")
+    with pytest.raises(CnnlabError, match=r"only\.weights\.h5: holds no model architecture"):
+        load_checkpoint(tmp_path / "only.weights.h5")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CnnlabError, match=r"folder: is not a cnnlab run directory"):
+        load_checkpoint(tmp_path / "folder")
+

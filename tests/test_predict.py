@@ -1,0 +1,118 @@
+"""cnnlab predict: people's own digit pictures in, the right digit out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.cli import app
+from cnnlab.predict import collect_images, predict_files
+
+from conftest import SHARED
+from test_checkpoint import KERAS3_H5, needs_realmodels, save_model
+from test_preprocess import draw_digit
+
+DIGITS = SHARED / "digits"
+
+
+def real_digit_accuracy(loaded, preprocess: str) -> float:
+    labels = {DIGITS / row["file"]: int(row["label"]) for row in csv.DictReader(open(DIGITS / "manifest.csv"))}
+    predictions = predict_files(loaded, collect_images([DIGITS]), preprocess=preprocess)
+    assert {p.path for p in predictions} == set(labels)  # the README and the CSV are not images
+    return sum(p.label == labels[p.path] for p in predictions) / len(predictions)
+
+
+@needs_realmodels
+@pytest.mark.skipif(not (DIGITS / "manifest.csv").exists(), reason="../shared/digits not found")
+def test_real_handwritten_digits_are_read_and_mnist_preprocessing_is_what_does_it():
+    loaded = load_checkpoint(KERAS3_H5)  # a plain MNIST CNN someone else trained (0.99 on MNIST)
+    prepared = real_digit_accuracy(loaded, "auto")
+    resized = real_digit_accuracy(loaded, "none")
+    assert prepared >= 0.9  # 99 of 102
+    assert resized <= prepared - 0.3  # 37 of 102 with a plain resize
+
+
+@pytest.fixture
+def digit_folder(tmp_path):
+    """Twelve pictures of digits in two sub-folders, with same-named files, and a stray text file."""
+    folder = tmp_path / "pictures"
+    for sub, at in (("a", (20, 20)), ("b", (40, 30))):
+        (folder / sub).mkdir(parents=True)
+        for n, digit in enumerate(("1", "4", "5", "7", "1", "4")):
+            draw_digit(digit, at=at).save(folder / sub / f"{n}.png")
+    (folder / "notes.txt").write_text("my digits")
+    return folder
+
+
+def test_json_lists_the_top_k_classes_of_every_image(tmp_path, digit_folder, runner):
+    model = save_model(tmp_path / "model.keras")
+    result = runner.invoke(app, ["predict", str(model), str(digit_folder), "--json", "--top-k", "4"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["preprocess"] == "mnist" and document["dataset"] == "mnist"
+    predictions = document["predictions"]
+    assert [p["file"] for p in predictions] == [str(p) for p in sorted(digit_folder.rglob("*.png"))]
+    for p in predictions:
+        probs = [entry["probability"] for entry in p["top_k"]]
+        assert len(probs) == 4 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert p["class"] == p["top_k"][0]["class"] and p["name"] == str(p["class"])
+    assert "predicting 12 images" in result.stderr  # the progress bar, on stderr
+
+
+def test_a_few_images_print_one_line_each_without_a_progress_bar(tmp_path, digit_folder, runner):
+    model = save_model(tmp_path / "model.keras")
+    images = [str(digit_folder / "a" / "0.png"), str(digit_folder / "b" / "3.png")]
+    result = runner.invoke(app, ["predict", str(model), *images])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(images[0]) and lines[0].count("%") == 3
+    assert result.stderr == ""
+
+
+def test_fashion_mnist_models_answer_with_class_names(tmp_path, digit_folder, runner):
+    model = save_model(tmp_path / "fashion.keras")
+    result = runner.invoke(app, ["predict", str(model), str(digit_folder / "a"), "--dataset", "fashion_mnist",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["preprocess"] == "fashion"
+    names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    assert all(p["name"] in names for p in document["predictions"])
+
+
+def test_explain_writes_a_png_per_image(tmp_path, digit_folder, runner):
+    model = save_model(tmp_path / "model.keras")
+    out = tmp_path / "why"
+    result = runner.invoke(app, ["predict", str(model), str(digit_folder / "a" / "0.png"),
+                                 str(digit_folder / "b" / "0.png"), "--explain", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    written = [p["explanation"] for p in json.loads(result.stdout)["predictions"]]
+    assert written == [str(out / "0.png"), str(out / "0-2.png")]  # same names, two folders: both kept
+    for path in written:
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_images_and_empty_folders_are_one_line_errors(tmp_path, runner):
+    model = save_model(tmp_path / "model.keras")
+    (tmp_path / "notes.png").write_text("not a picture")
+    result = runner.invoke(app, ["predict", str(model), str(tmp_path / "notes.png")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'notes.png'}: is not an image Pillow can read; use a PNG, JPG, BMP or GIF file."]
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["predict", str(model), str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "holds no images" in result.stderr
+    result = runner.invoke(app, ["predict", str(model), str(tmp_path / "nowhere.png")])
+    assert result.exit_code == 2 and "nowhere.png: no such image file or folder" in result.stderr
+
+
+def test_predict_imports_no_tensorflow_until_a_model_is_loaded():
+    code = ("import sys, cnnlab.predict, cnnlab.preprocess, cnnlab.checkpoint; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
