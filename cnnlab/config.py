@@ -387,7 +387,7 @@ def _describe(error: dict, data: dict) -> str:
         model = _schema_at(loc[:-1], data)
         valid = sorted(model.model_fields) if model else []
         return (
-            f"unknown key {path!r}{_did_you_mean(str(loc[-1]), valid)}; "
+            f"unknown key {path!r}{did_you_mean(str(loc[-1]), valid)}; "
             f"valid keys here: {', '.join(valid)}."
         )
     if kind == "union_tag_invalid":
@@ -395,7 +395,7 @@ def _describe(error: dict, data: dict) -> str:
         tags = re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
         what = "layer type" if tag_key == "type" else "optimizer"
         tag = str(error["ctx"]["tag"])
-        return f"{path}.{tag_key}: unknown {what} {tag!r}{_did_you_mean(tag, tags)}; valid: {', '.join(tags)}."
+        return f"{path}.{tag_key}: unknown {what} {tag!r}{did_you_mean(tag, tags)}; valid: {', '.join(tags)}."
     if kind == "union_tag_not_found":
         tag_key = error["ctx"]["discriminator"].strip("'")
         return f"{path}: missing `{tag_key}`."
@@ -404,7 +404,7 @@ def _describe(error: dict, data: dict) -> str:
     if kind == "literal_error":
         options = re.findall(r"'([^']+)'", error["ctx"]["expected"])
         return (
-            f"{path}: {value!r} is not valid{_did_you_mean(str(value), options)}; "
+            f"{path}: {value!r} is not valid{did_you_mean(str(value), options)}; "
             f"valid: {', '.join(options)}."
         )
     if kind == "string_pattern_mismatch" and loc == ["name"]:
@@ -478,7 +478,7 @@ def _tagged_class(union: tuple, node: Any) -> Any:
     return None
 
 
-def _did_you_mean(word: str, options: list[str]) -> str:
+def did_you_mean(word: str, options: list[str]) -> str:
     lowered = {option.lower(): option for option in options}
     starts = [option for option in options if option.lower().startswith(word.lower())]
     if word and len(starts) == 1:  # 'acc' -> 'accuracy'

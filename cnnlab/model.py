@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.config import Config, output_units
+from cnnlab.config import Config, did_you_mean, output_units
 from cnnlab.data import DATASETS
 from cnnlab.errors import CnnlabError
 
@@ -169,7 +169,8 @@ def _check_monitors(cfg: Config, source: str) -> None:
             if section.monitor.startswith("val_") and cfg.data.validation.method == "none":
                 hint = " (data.validation.method is none, so no val_* values exist)"
             raise CnnlabError(
-                f"{source}: train.{key}.monitor: {section.monitor!r} is not computed{hint}; "
+                f"{source}: train.{key}.monitor: {section.monitor!r} is not computed{hint}"
+                f"{did_you_mean(section.monitor, names)}; "
                 f"available: {', '.join(names)}."
             )
 

@@ -74,7 +74,7 @@ CONFIG_CASES = [
     ("monitor without validation", lambda d: d["data"].update(validation={"method": "none"}), [],
      ["train.checkpoint.monitor", "val_accuracy", "no val_*"]),
     ("monitor typo", lambda d: d["train"].update(early_stopping={"monitor": "val_acc"}), [],
-     ["train.early_stopping.monitor", "'val_acc'", "val_accuracy"]),
+     ["train.early_stopping.monitor", "'val_acc'", "did you mean 'val_accuracy'"]),
     ("validation size above 1", lambda d: d["data"]["validation"].update(size=20), [], ["data.validation.size"]),
     ("unknown validation method", lambda d: d["data"]["validation"].update(method="random"), [], ["data.validation.method", "stratified"]),
     ("scale zero", lambda d: d["data"].update(scale=0), [], ["data.scale"]),
