@@ -95,11 +95,11 @@ class LoadedModel:
         """Class probabilities, (N, classes); a model that outputs logits gets a softmax."""
         import keras
 
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            batch = self.model(x[start:start + batch_size], training=False)
-            outputs.append(np.asarray(keras.ops.convert_to_numpy(batch), dtype=np.float64))
-        probs = np.concatenate(outputs) if outputs else np.zeros((0, self.model.output_shape[-1]))
+        if len(x) <= batch_size:  # one eager call: no graph to trace for a few images
+            probs = keras.ops.convert_to_numpy(self.model(x, training=False))
+        else:  # Keras' compiled loop: about twice as fast on a whole test set
+            probs = self.model.predict(x, batch_size=batch_size, verbose=0)
+        probs = np.asarray(probs, dtype=np.float64)
         if probs.shape[-1] > 1 and not _are_probabilities(probs):
             shifted = np.exp(probs - probs.max(axis=-1, keepdims=True))
             probs = shifted / shifted.sum(axis=-1, keepdims=True)

@@ -212,8 +212,8 @@ def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], pa
         else:
             caption = f"true {true}, said {said}\n{item['confidence']:.1%} sure"
         ax.set_title(caption, fontsize=8.5, color="#b00000", pad=3)
-        ax.text(0.02, 0.02, f"#{item['index']}", transform=ax.transAxes, fontsize=7, color="#bbbbbb",
-                va="bottom")
+        ax.text(0.03, 0.03, f"#{item['index']}", transform=ax.transAxes, fontsize=7, color="white", va="bottom",
+                bbox={"facecolor": "black", "alpha": 0.65, "pad": 1.5, "linewidth": 0})
     if not mistakes:
         axes[0][0].text(0, 0.5, "no mistakes", fontsize=12)
     shown = f"the {len(mistakes)} most confident of {total_wrong} mistakes" if mistakes else "no mistakes"
@@ -242,7 +242,8 @@ def plot_explanation(original, seen, probs, class_names: tuple[str, ...], path: 
         1, 3, figsize=(11.0, 3.6), gridspec_kw={"width_ratios": [1.15, 1.0, 1.35]})
     shown = original.copy()
     shown.thumbnail((600, 600))
-    left.imshow(shown, cmap="gray" if shown.mode == "L" else None, vmin=0, vmax=255)
+    left.imshow(shown, cmap="gray" if shown.mode == "L" else None, vmin=0, vmax=255,
+                interpolation="nearest" if max(shown.size) < 200 else "antialiased")  # small: show its pixels
     left.set_title(f"the image ({original.size[0]}x{original.size[1]})", fontsize=10)
     left.set_xticks([])  # no ticks, but the frame: a white page on a white figure needs its edge
     left.set_yticks([])

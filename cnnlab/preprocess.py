@@ -165,7 +165,7 @@ def fashion_style(gray: np.ndarray) -> np.ndarray:
     crop = crop * (255.0 / max(float(crop.max()), 1.0))
     fitted = _resize(crop, _fitted(crop.shape, SIZE / max(crop.shape)))
     out = np.zeros((SIZE, SIZE), np.float32)
-    y, x = (SIZE - fitted.shape[0]) // 2, (SIZE - fitted.shape[1]) // 2
+    y, x = (SIZE - fitted.shape[0] + 1) // 2, (SIZE - fitted.shape[1] + 1) // 2  # an odd margin: more on top, as in the data
     out[y:y + fitted.shape[0], x:x + fitted.shape[1]] = fitted
     return out
 

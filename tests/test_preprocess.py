@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from cnnlab.data import load_raw
 from cnnlab.errors import CnnlabError
 from cnnlab.preprocess import (
-    DIGIT_BOX, SIZE, fashion_style, gray_array, mnist_style, open_image, plain_resize, prepare_image,
+    DIGIT_BOX, SIZE, fashion_style, gray_array, mnist_style, plain_resize, prepare_image,
 )
+
+from conftest import needs_data
 
 SHAPES = {  # strokes of a few digits, in a 100x100 design space
     "7": [[(10, 10), (80, 10), (35, 95)]],
@@ -198,14 +201,11 @@ def test_missing_empty_and_non_image_files_are_errors_naming_the_file(tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(CnnlabError, match=r"notes\.png: is not an image"):
         prepare_image(tmp_path / "notes.png")
-    (tmp_path / "cut.png").write_bytes((lambda b: b[: len(b) // 2])(_saved(draw_digit(), tmp_path / "whole.png")))
+    draw_digit().save(tmp_path / "whole.png")
+    whole = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(CnnlabError, match=r"cut\.png"):
         prepare_image(tmp_path / "cut.png")
-
-
-def _saved(image: Image.Image, path) -> bytes:
-    image.save(path)
-    return path.read_bytes()
 
 
 def test_a_blank_page_is_an_error_unless_preprocessing_is_off(tmp_path):
@@ -243,3 +243,16 @@ def test_fashion_style_puts_the_object_light_on_black_fitted_to_28():
     assert width == SIZE and abs(height - SIZE * 121 / 181) <= 1.5
     rows = np.nonzero(seen.max(axis=1) > 20)[0]
     assert abs(rows[0] - (SIZE - 1 - rows[-1])) <= 1  # centred
+
+
+@needs_data
+def test_a_fashion_mnist_item_photographed_as_a_product_comes_back_as_in_the_data_set():
+    # Fashion-MNIST was made from product photos: dark on white, trimmed, fitted to 28, inverted
+    items = load_raw("fashion_mnist").x_test[:50]
+    matches = []
+    for item in items:
+        photo = Image.fromarray(255 - item).resize((224, 224), Image.Resampling.BICUBIC)
+        page = Image.new("L", (400, 300), 255)
+        page.paste(photo, (130, 50))
+        matches.append(correlation(fashion_style(gray_array(page)), item.astype(np.float32)))
+    assert np.median(matches) > 0.95 and np.mean(matches) > 0.9
