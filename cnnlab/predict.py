@@ -81,8 +81,6 @@ def preprocessing_for(dataset: str, choice: str) -> str:
     """The preprocessing style for a model's data set: `auto` picks the data set's own."""
     if choice not in PREPROCESS_CHOICES:
         raise CnnlabError(f"--preprocess {choice}: unknown; use one of {', '.join(PREPROCESS_CHOICES)}.")
-    if not DATASETS[dataset].is_image:
-        raise CnnlabError(f"the model was trained on {dataset}, which is not an image data set; predict reads images.")
     if choice == "auto":
         return "fashion" if dataset == "fashion_mnist" else "mnist"
     return choice
@@ -101,6 +99,11 @@ def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "
         explain_dir: if given, a PNG per image is written there (see the module docstring).
         on_image: called with 1 after each image, e.g. a progress bar's `update`.
     """
+    if not DATASETS[loaded.dataset].is_image:
+        raise CnnlabError(
+            f"{loaded.path}: the model was trained on {loaded.dataset}, which is not an image data set; "
+            "predict reads images."
+        )
     style = preprocessing_for(loaded.dataset, preprocess)
     if top_k < 1:
         raise CnnlabError(f"--top-k {top_k}: must be at least 1.")
