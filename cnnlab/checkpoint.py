@@ -42,6 +42,7 @@ import numpy as np
 from cnnlab import rundir
 from cnnlab.data import DATASETS
 from cnnlab.errors import CnnlabError
+from cnnlab.export import TFLITE, LiteModel
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 DEFAULT_DATASET = "mnist"
@@ -93,6 +94,8 @@ class LoadedModel:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities, (N, classes); a model that outputs logits gets a softmax."""
+        if isinstance(self.model, LiteModel):
+            return np.asarray(self.model.predict(x), dtype=np.float64)
         import keras
 
         if len(x) <= batch_size:  # one eager call: no graph to trace for a few images
@@ -111,7 +114,7 @@ def _are_probabilities(values: np.ndarray) -> bool:
 
 
 def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float | None = None,
-                    unsafe: bool = False) -> LoadedModel:
+                    unsafe: bool = False, fast: bool = False) -> LoadedModel:
     """Load TARGET (a run directory or a model file) ready to evaluate or predict.
 
     Args:
@@ -121,6 +124,9 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         scale: pixels are divided by this (default: 255, or the run's `data.scale`).
         unsafe: allow Lambda layers, whose Python code runs while loading. Only for
             files from a source you trust.
+        fast: for a run directory, use the run's `model.tflite` (checked against Keras
+            when training wrote it) when it is there and not older than `best.keras`:
+            no TensorFlow import, a cold prediction in a fraction of a second.
     """
     target = Path(target)
     if not target.exists():
@@ -137,6 +143,14 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         cfg = _run_config(run_dir)
         dataset, scale = _run_data(cfg, run_dir, dataset, scale)
         kind, loss, test_samples, data_dir = "cnnlab run", cfg.train.loss, cfg.data.test_samples, cfg.data.dir
+        lite = run_dir / TFLITE
+        if fast and lite.exists() and lite.stat().st_mtime >= path.stat().st_mtime:
+            model = LiteModel(lite)
+            return LoadedModel(
+                model=model, path=lite, kind="cnnlab run (TFLite copy of best.keras)", dataset=dataset,
+                scale=float(scale), input_shape=_fit_input(model, lite, dataset), loss=loss, run_dir=run_dir,
+                test_samples=test_samples, data_dir=data_dir,
+            )
     else:
         path = target
         if path.suffix.lower() not in MODEL_SUFFIXES:

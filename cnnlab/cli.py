@@ -229,7 +229,7 @@ def predict(
     from cnnlab.checkpoint import load_checkpoint
 
     files = predicting.collect_images(images)
-    loaded = load_checkpoint(target, dataset=dataset and dataset.value, scale=scale, unsafe=unsafe)
+    loaded = load_checkpoint(target, dataset=dataset and dataset.value, scale=scale, unsafe=unsafe, fast=True)
     with _progress(len(files), f"predicting {len(files)} images") as step:
         results = predicting.predict_files(loaded, files, top_k=top_k, preprocess=preprocess.value,
                                            explain_dir=explain, on_image=step)

@@ -46,17 +46,49 @@ def test_lite_model_loads_without_tensorflow(tmp_path):
     assert "XNNPACK" not in out.stderr  # LiteRT's start-up chatter is not shown to users
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    if DATA_DIR is None:
+        pytest.skip("real MNIST files not found")
+    data = small_dnn(epochs=1)
+    data["data"].update(dir=str(DATA_DIR), download=False)  # module scope: no per-test environment
+    cfg = validate_config(data, "s")
+    return train(cfg, "s", runs_dir=tmp_path_factory.mktemp("runs"), echo=lambda _: None).run_dir
+
+
 @needs_data
-def test_training_writes_a_checked_tflite_copy(tmp_path):
-    cfg = validate_config(small_dnn(epochs=1), "s")
-    result = train(cfg, "s", runs_dir=tmp_path, echo=lambda _: None)
-    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+def test_training_writes_a_checked_tflite_copy(small_run):
+    metrics = json.loads((small_run / "metrics.json").read_text())
     assert metrics["tflite"] == "model.tflite" and metrics["tflite_max_abs_diff"] <= TOLERANCE
     raw = load_raw("mnist", str(DATA_DIR))
     x = (raw.x_test[-100:] / 255.0).astype("float32").reshape(-1, 28, 28, 1)
-    best = keras.saving.load_model(result.run_dir / "best.keras")
-    np.testing.assert_allclose(LiteModel(result.run_dir / "model.tflite").predict(x),
+    best = keras.saving.load_model(small_run / "best.keras")
+    np.testing.assert_allclose(LiteModel(small_run / "model.tflite").predict(x),
                                best.predict(x, verbose=0), atol=TOLERANCE)
+
+
+@needs_data
+def test_predict_on_a_run_uses_the_tflite_copy_without_tensorflow(small_run):
+    digits = sorted((DATA_DIR.parent / "digits").glob("*/*.png"))[:12]
+    assert digits, "the shared digit images are missing"
+    code = ("import sys, json; from typer.testing import CliRunner; from cnnlab.cli import app; "
+            f"r = CliRunner().invoke(app, ['predict', {str(small_run)!r}, *{[str(d) for d in digits]!r}, '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'out': json.loads(r.stdout)}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["tf"] is False
+    assert result["out"]["model"].endswith("model.tflite")
+    # the same images through Keras give the same probabilities
+    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.predict import predict_files
+
+    lite = {p["file"]: p for p in result["out"]["predictions"]}
+    for slow in predict_files(load_checkpoint(small_run), digits, top_k=3):
+        fast, slow = lite[str(slow.path)], slow.to_dict()
+        assert fast["class"] == slow["class"]
+        for a, b in zip(fast["top_k"], slow["top_k"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=TOLERANCE)
 
 
 def test_one_cycle_warms_up_then_anneals():
