@@ -108,8 +108,12 @@ def resolve_data_dir(configured: str | None) -> tuple[Path, str]:
     return Path.home() / ".cache" / "cnnlab" / "datasets", "the default cache"
 
 
-def load_raw(name: str, data_dir: str | None = None, download: bool = True) -> RawData:
-    """The raw arrays of a data set: uint8 images (N, 28, 28) and int labels (N,)."""
+def load_raw(name: str, data_dir: str | None = None, download: bool = True, test_only: bool = False) -> RawData:
+    """The raw arrays of a data set: uint8 images (N, 28, 28) and int labels (N,).
+
+    `test_only` skips the training files (evaluation needs only the test split); the
+    training arrays are then empty.
+    """
     info = DATASETS[name]
     if name == "xor":
         x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype="float32")
@@ -119,6 +123,9 @@ def load_raw(name: str, data_dir: str | None = None, download: bool = True) -> R
     folder = folder / info.folder
     arrays = []
     for file_name, md5 in info.md5:
+        if test_only and file_name.startswith("train-"):
+            arrays.append(np.zeros((0, *info.sample_shape), np.uint8) if "images" in file_name else np.zeros(0, np.uint8))
+            continue
         path = folder / file_name
         if not path.exists():
             _fetch(info, file_name, md5, path, origin, download)

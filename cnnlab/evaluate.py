@@ -124,7 +124,7 @@ def evaluate(target: str | Path, dataset: str | None = None, scale: float | None
         make_output_dir(out, "--out")
     loaded = load_checkpoint(target, dataset=dataset, scale=scale, unsafe=unsafe)
     info = DATASETS[loaded.dataset]
-    raw = load_raw(loaded.dataset, loaded.data_dir)
+    raw = load_raw(loaded.dataset, loaded.data_dir, test_only=True)
     images, labels = raw.x_test[: loaded.test_samples], raw.y_test[: loaded.test_samples]
     probs = loaded.predict(loaded.prepare(images))
     predicted = class_predictions(probs)

@@ -109,3 +109,13 @@ def test_xor_is_built_in():
     splits = prepare(cfg, (2,), one_hot=False)
     assert splits.x_train.shape == (12, 2) and splits.x_val is None
     assert splits.labels_test.tolist() == [0, 1, 1, 0]
+
+
+@needs_data
+def test_test_only_reads_just_the_test_files(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(DATA_DIR / "mnist" / name, folder / name)
+    raw = load_raw("mnist", str(tmp_path), download=False, test_only=True)
+    assert raw.x_test.shape == (10000, 28, 28) and len(raw.x_train) == 0 and len(raw.y_train) == 0
