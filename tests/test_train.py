@@ -71,3 +71,9 @@ def test_categorical_loss_trains_on_one_hot_labels(tmp_path):
     data["train"]["checkpoint"] = {"monitor": "loss"}
     result = train(validate_config(data, "x"), "x", runs_dir=tmp_path, echo=lambda _: None)
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0 and np.isfinite(result.metrics["test_loss"])
+
+
+def test_tensorboard_logs_when_enabled(tmp_path):
+    cfg = load_config(REPO / "configs" / "xor_mlp.yaml", ["train.tensorboard=true", "train.epochs=2"])
+    run = train(cfg, "xor_mlp.yaml", runs_dir=tmp_path, echo=lambda _: None).run_dir
+    assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
