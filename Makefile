@@ -27,5 +27,20 @@ train: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# make bench: the speed benchmark of issue 6 into bench/RESULTS.md (~15-20 min on 2 cores;
+# run it on an otherwise idle machine). BENCH_ARGS=--quick checks the harness in minutes.
+# WITH_TORCH=1 adds the PyTorch reference, installed into its own venv (never a cnnlab dependency).
+TORCH_VENV := bench/.torchvenv
+TORCH_PACKAGES ?= torch==2.13.0 numpy==2.4.6
+BENCH_ARGS ?=
+
+$(TORCH_VENV)/.installed:
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet $(TORCH_PACKAGES)
+	touch $@
+
+bench: install $(if $(WITH_TORCH),$(TORCH_VENV)/.installed)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
