@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from cnnlab.errors import CnnlabError
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 SHARED = ROOT.parent / "shared"
@@ -199,7 +201,7 @@ class Bench:
         self.say(f"\n== {name}")
         try:
             measure()
-        except BenchError as exc:
+        except (BenchError, CnnlabError) as exc:
             self.failures[name] = str(exc)
             self.say(f"FAILED: {exc}")
 
@@ -233,6 +235,10 @@ class Bench:
             run_dir = only_run_dir(runs_dir)
             history = read_json(run_dir / "history.json")["epochs"]
             metrics = read_json(run_dir / "metrics.json")
+            seconds = statistics.median(row["seconds"] for row in history)
+            if abs(metrics["train_samples_per_second"] * seconds - cnnlab_train) > 0.01 * cnnlab_train:
+                raise BenchError(f"{run_dir}: trained on about {metrics['train_samples_per_second'] * seconds:.0f} "
+                                 f"samples per epoch, not the {cnnlab_train} the comparison assumes")
             sides["cnnlab"].append(self.training_record(
                 cnnlab_train, [row["seconds"] for row in history], metrics["train_seconds"], proc,
                 cnnlab_samples_per_second=metrics.get("train_samples_per_second"),
@@ -244,6 +250,9 @@ class Bench:
             self.note_command("plain Keras train", argv)
             proc = run_measured(argv, self.log(f"keras-train-{rep}"), self.env, TRAIN_TIMEOUT)
             found = result_line(proc, "plain_keras_train.py")
+            if found["train_samples"] != cnnlab_train:
+                raise BenchError(f"plain_keras_train.py trained on {found['train_samples']} samples per epoch, "
+                                 f"cnnlab on {cnnlab_train}: not the same work")
             sides["keras"].append(self.training_record(found["train_samples"], found["epoch_seconds"],
                                                        found["fit_seconds"], proc))
             self.report_training("plain Keras", rep, sides["keras"][-1])
@@ -626,7 +635,6 @@ def main() -> int:
         sys.exit(f"error: {cnnlab} not found: run bench/run.py with the project's Python "
                  "(`make install`, then .venv/bin/python bench/run.py)")
     from cnnlab.data import load_raw
-    from cnnlab.errors import CnnlabError
 
     try:
         load_raw("mnist")  # a missing data set downloads now, not inside a timed run
