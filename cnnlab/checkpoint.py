@@ -367,8 +367,8 @@ def _fit_input(model, path: Path, dataset: str) -> tuple[int, ...]:
         sample = "x".join(map(str, info.sample_shape))
         raise CnnlabError(
             f"{path}: the model takes inputs of shape {shape} ({int(np.prod(shape))} values), but "
-            f"{dataset} samples are {sample} ({size} values); use a model trained on {dataset}-sized data "
-            "or --dataset for the data it was trained on."
+            f"{dataset} samples are {sample} ({size} values): it was trained on other data. cnnlab's image "
+            "data sets (mnist, fashion_mnist) are 28x28 greyscale."
         )
     return shape
 

@@ -103,10 +103,13 @@ def show_config(
     config: Annotated[Path, typer.Argument(help="The YAML config.")],
     overrides: Overrides = None,
 ) -> None:
-    """Print the resolved config: the file, the --set overrides and every default."""
+    """Print the resolved config: the file, the --set overrides and every default; check it as train would."""
     from cnnlab.config import load_config
+    from cnnlab.model import check_model
 
-    typer.echo(load_config(config, overrides or []).to_yaml(), nl=False)
+    cfg = load_config(config, overrides or [])
+    check_model(cfg, str(config))  # shapes, loss, monitors: what train checks before it starts
+    typer.echo(cfg.to_yaml(), nl=False)
 
 
 @app.command()
@@ -255,8 +258,22 @@ def _progress(count: int, label: str):
 
 
 def main() -> None:
-    app()
+    """The console script: like `app()`, but a command-line mistake is one line, as every other error."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # a usage error: unknown option, bad value, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `cnnlab`: the help, as Typer shows it
+            exc.show()
+        else:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        code = 1
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -40,8 +40,16 @@ Padding = Literal["valid", "same"]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # YAML has lists; the schema says tuples
+
+
 def _as_pair(value: Any) -> Any:
-    return (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if not isinstance(value, (list, tuple)):
+        raise PydanticCustomError("size_2d", "must be a whole number like 5 or a pair like [5, 3]")
+    return tuple(value)
 
 
 Size2D = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_as_pair)]  # 5 means (5, 5)
@@ -49,7 +57,8 @@ RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_len
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML's `yes`/`true` must not become units: 1, nor 2.5 become 2 (an int still makes a float)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- model.layers -------------------------------------------------------------------
@@ -59,7 +68,7 @@ class InputLayer(_Section):
     """An explicit input shape; normally the dataset decides it."""
 
     type: Literal["input"]
-    shape: tuple[PositiveInt, ...]
+    shape: Annotated[tuple[PositiveInt, ...], BeforeValidator(_as_tuple)]
 
 
 class FlattenLayer(_Section):
@@ -294,7 +303,7 @@ def read_yaml_mapping(path: Path) -> dict:
         raise CnnlabError(f"{path}: is a directory, expected a YAML config file.")
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
         raise CnnlabError(f"{path}: is not a text file, expected a YAML config.") from None
     except yaml.YAMLError as exc:
@@ -314,7 +323,23 @@ def read_yaml_mapping(path: Path) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error, not "last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in the same mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_KEY_PATH = re.compile(r"\w+(\[\d+\])*(\.\w+(\[\d+\])*)*")  # train.epochs, model.layers[0].filters
 
 
 def apply_override(data: dict, override: str, source: Path) -> str:
@@ -322,6 +347,11 @@ def apply_override(data: dict, override: str, source: Path) -> str:
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise CnnlabError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=3.")
+    if not _KEY_PATH.fullmatch(key.strip()):
+        raise CnnlabError(
+            f"--set {override!r}: {key.strip()!r} is not a key path; write keys joined by dots and list "
+            "items by their number, e.g. train.epochs or model.layers[0].filters."
+        )
     parts: list[str | int] = []
     for name, index in _PATH_PART.findall(key.strip()):
         parts.append(int(index) if index else (int(name) if name.isdigit() else name))
@@ -372,9 +402,11 @@ def validate_config(data: dict, source: Path | str, overridden: list[str] = ()) 
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        errors = exc.errors()
+        # a misspelt required key is both "unknown" and "missing": the unknown one names the typo
+        error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         path = format_path(_user_path(error["loc"], data))
-        origin = " (from --set)" if any(path.startswith(p) for p in overridden) else ""
+        origin = " (from --set)" if any(path.startswith(p) or p.startswith(path) for p in overridden) else ""
         raise CnnlabError(f"{source}{origin}: {_describe(error, data)}") from None
 
 

@@ -46,6 +46,8 @@ class DatasetInfo:
     folder: str = ""  # sub-folder of the data directory with the IDX files
     urls: tuple[str, ...] = ()  # mirrors to fetch a missing file from
     md5: tuple[tuple[str, str], ...] = ()  # (file name, md5) of the four IDX files
+    train_size: int = 60_000  # samples in the official training split
+    test_size: int = 10_000  # samples in the official test split
 
     @property
     def is_image(self) -> bool:
@@ -74,7 +76,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310",
         ))),
     ),
-    "xor": DatasetInfo("xor", 2, (2,), ("0", "1")),
+    "xor": DatasetInfo("xor", 2, (2,), ("0", "1"), train_size=4, test_size=4),
 }
 
 

@@ -85,6 +85,7 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
         plan.layers.append(LayerPlan(index, layer.type, shape, params))
     _check_output(cfg, plan, source, info.num_classes)
     _check_monitors(cfg, source)
+    _check_sample_counts(cfg, source)
     return plan
 
 
@@ -153,6 +154,28 @@ def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -
             f"{source}: train.loss: {loss} needs one output unit per class, but the output has 1; "
             "use binary_crossentropy or mse with a single sigmoid unit."
         )
+
+
+def _check_sample_counts(cfg: Config, source: str) -> None:
+    """Subsets the data set can give, and a stratified split that can hold every class on both sides."""
+    data, info = cfg.data, DATASETS[cfg.data.dataset]
+    for key, asked, size, split in (("train_samples", data.train_samples, info.train_size, "training"),
+                                    ("test_samples", data.test_samples, info.test_size, "test")):
+        if asked is not None and asked > size:
+            raise CnnlabError(
+                f"{source}: data.{key}: {asked} is more than the {size:,} {split} samples of "
+                f"{data.dataset}; use at most {size}, or null for all of them."
+            )
+    if data.validation.method == "stratified":
+        total = data.train_samples or info.train_size
+        held_out = math.ceil(total * data.validation.size)  # as scikit-learn rounds test_size
+        if min(held_out, total - held_out) < info.num_classes:
+            raise CnnlabError(
+                f"{source}: data.validation: a stratified split of {total} samples with size "
+                f"{data.validation.size} leaves {held_out} for validation and {total - held_out} for "
+                f"training, but each side needs one sample of each of the {info.num_classes} classes; "
+                "use more samples, another size, or validation method split or none."
+            )
 
 
 def _check_monitors(cfg: Config, source: str) -> None:

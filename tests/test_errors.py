@@ -1,7 +1,8 @@
 """Every user mistake: one line on stderr naming the file and field, exit code 2, no traceback.
 
-Each row is what a user did and the words the message must contain. Cases for images and
-model files live with their commands (test_predict.py, test_evaluate.py, test_checkpoint.py).
+Each row is what a user did and the words the message must contain, checked through the
+command line. The finer points of reading images and model files are tested with their
+modules (test_preprocess.py, test_checkpoint.py); here each reaches the user as one line.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import keras
 import pytest
 import yaml
+from PIL import Image
 
-from cnnlab.cli import app
+from cnnlab.cli import app, main
 
 from conftest import DATA_DIR, REPO, needs_data, small_dnn
+from test_checkpoint import save_model
+from test_preprocess import _png_header, draw_digit
 
 
 def _layers(data):
@@ -87,6 +93,19 @@ CONFIG_CASES = [
     ("--set bad value", lambda d: None, ["--set", "train.epochs=many"], ["(from --set)", "train.epochs", "'many'"]),
     ("--set into a number", lambda d: None, ["--set", "train.epochs.max=3"], ["train.epochs", "not a mapping"]),
     ("--set unknown key", lambda d: None, ["--set", "train.patience=3"], ["unknown key 'train.patience'"]),
+    ("--set empty key part", lambda d: None, ["--set", "train..epochs=3"], ["'train..epochs'", "not a key path"]),
+    ("--set layer type typo", lambda d: None, ["--set", "model.layers[1].type=dens"],
+     ["(from --set)", "model.layers[1].type", "'dense'"]),
+    ("yes as a number", lambda d: _layers(d)[1].update(units=True), [], ["model.layers[1].units", "integer", "True"]),
+    ("fraction as a count", lambda d: d["train"].update(epochs=2.5), [], ["train.epochs", "2.5"]),
+    ("kernel size as a fraction", lambda d: _conv(d, kernel_size=2.5), [],
+     ["model.layers[2].kernel_size", "like 5 or a pair", "2.5"]),
+    ("misspelt required key", lambda d: _layers(d)[1].update(unitz=_layers(d)[1].pop("units")), [],
+     ["unknown key 'model.layers[1].unitz'", "did you mean 'units'"]),
+    ("more samples than the data set", lambda d: d["data"].update(train_samples=70000), [],
+     ["data.train_samples", "70000", "60,000"]),
+    ("stratified split too small for the classes", lambda d: d["data"].update(train_samples=15), [],
+     ["data.validation", "15 samples", "10 classes"]),
 ]
 
 
@@ -109,6 +128,7 @@ FILE_CASES = [
     ("YAML scalar", "just text\n", ["mapping", "str"]),
     ("python tag", "name: !!python/object/apply:os.system ['true']\n", ["not valid YAML"]),
     ("binary file", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", ["not a text file"]),
+    ("key given twice", "name: cnn\ntrain: {epochs: 5}\ntrain: {epochs: 50}\n", ["'train' is given twice", "line 3"]),
 ]
 
 
@@ -177,6 +197,95 @@ def test_a_bad_config_fails_before_tensorflow_is_imported(write_config):
             "print(r.exit_code, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False"]
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _cut(path: Path) -> Path:
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+# (id, makes the image in a folder and returns its path, words); predicted with a good model
+IMAGE_CASES = [
+    ("missing image", lambda d: d / "nothing.png", ["nothing.png", "no such image file"]),
+    ("empty file", lambda d: _write(d / "empty.png", b""), ["empty.png", "empty file"]),
+    ("text named .png", lambda d: _write(d / "notes.png", "my digit"),
+     ["notes.png", "not an image", "PNG, JPG"]),
+    ("truncated PNG", lambda d: draw_digit().save(d / "cut.png") or _cut(d / "cut.png"), ["cut.png", "truncated"]),
+    ("1x1 image", lambda d: Image.new("L", (1, 1)).save(d / "dot.png") or d / "dot.png", ["dot.png", "1x1", "too small"]),
+    ("0x0 image", lambda d: _write(d / "none.png", _png_header(0, 0)), ["none.png"]),
+    ("decompression bomb", lambda d: _write(d / "bomb.png", _png_header(30000, 30000)),
+     ["bomb.png", "too large to open safely"]),
+    ("blank page", lambda d: Image.new("L", (40, 40), 250).save(d / "blank.png") or d / "blank.png",
+     ["blank.png", "found no ink"]),
+    ("folder without images", lambda d: (d / "sub").mkdir() or d / "sub", ["sub", "holds no images"]),
+]
+
+
+@pytest.mark.parametrize("make, words", [case[1:] for case in IMAGE_CASES], ids=[case[0] for case in IMAGE_CASES])
+def test_image_mistakes(runner, tmp_path, make, words):
+    model = save_model(tmp_path / "model.keras")
+    (tmp_path / "in").mkdir()
+    _assert_user_error(runner, ["predict", str(model), str(make(tmp_path / "in"))], words)
+
+
+def _lambda_model(d: Path) -> Path:
+    return save_model(d / "lambda.keras", layers=(keras.layers.Lambda(lambda x: x * 2.0, name="double"),))
+
+
+# (id, makes the model file in a folder and returns its path, words); each given to predict
+MODEL_CASES = [
+    ("missing model", lambda d: d / "gone.keras", ["gone.keras", "no such run directory or model file"]),
+    ("not a model file", lambda d: _write(d / "notes.txt", "hi"), ["notes.txt", "not a model file"]),
+    ("text named .h5", lambda d: _write(d / "text.h5", "hi"), ["text.h5", "not a complete HDF5"]),
+    ("truncated .keras", lambda d: _cut(save_model(d / "cut.keras")), ["cut.keras", "not a complete .keras file"]),
+    ("truncated .h5", lambda d: _cut(save_model(d / "cut.h5")), ["cut.h5"]),
+    ("model for other images", lambda d: save_model(d / "cifar.keras", input_shape=(32, 32, 3)),
+     ["cifar.keras", "(32, 32, 3)", "trained on other data", "28x28"]),
+    ("model with other classes", lambda d: save_model(d / "five.keras", outputs=5), ["five.keras", "10 classes"]),
+    ("Lambda layer", _lambda_model, ["lambda.keras", "Lambda layer (double)", "--unsafe"]),
+    ("folder that is not a run", lambda d: (d / "folder").mkdir() or d / "folder", ["folder", "not a cnnlab run directory"]),
+]
+
+
+@pytest.mark.parametrize("make, words", [case[1:] for case in MODEL_CASES], ids=[case[0] for case in MODEL_CASES])
+def test_model_file_mistakes(runner, tmp_path, make, words):
+    draw_digit().save(tmp_path / "seven.png")
+    _assert_user_error(runner, ["predict", str(make(tmp_path)), str(tmp_path / "seven.png")], words)
+
+
+def test_results_folder_not_writable(runner, tmp_path):
+    model = save_model(tmp_path / "model.keras")
+    draw_digit().save(tmp_path / "seven.png")
+    (tmp_path / "taken").write_text("a file where the folder should go")
+    _assert_user_error(runner, ["predict", str(model), str(tmp_path / "seven.png"), "--explain", str(tmp_path / "taken")],
+                       ["--explain", "taken", "is a file, not a folder"])
+    (tmp_path / "locked").mkdir(mode=0o555)
+    _assert_user_error(runner, ["evaluate", str(model), "--out", str(tmp_path / "locked" / "eval")],
+                       ["--out", "locked", "read-only"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["trian"], ["No such command 'trian'", "did you mean 'train'", "cnnlab --help"]),
+    (["train", "--epochs", "3"], ["No such option: --epochs", "cnnlab train --help"]),
+    (["predict", "m.keras", "x.png", "--top-k", "0"], ["--top-k", "greater than or equal to 1"]),
+    (["evaluate", "m.keras", "--dataset", "cifar"], ["--dataset", "'cifar'"]),
+    (["predict"], ["Missing argument", "cnnlab predict --help"]),
+], ids=["command typo", "unknown option", "option out of range", "unknown choice", "missing argument"])
+def test_command_line_mistakes_are_one_line_too(monkeypatch, capsys, args, words):
+    monkeypatch.setattr(sys, "argv", ["cnnlab", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for word in words:
+        assert word.lower() in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
 
 
 def _assert_user_error(runner, args, words) -> str:
