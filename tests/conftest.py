@@ -13,14 +13,33 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
+DATA_FILES = [f"{folder}/{split}-{kind}-ubyte.gz" for folder in ("mnist", "fashion-mnist")
+              for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+
+
 def _data_dir() -> Path | None:
+    """The real data folder; None only when it is absent (the one case real-data tests skip).
+
+    A folder that is there but lacks a file is a broken set-up, not a reason to skip: the
+    run stops, so CI cannot pass with its real-data tests silently skipped.
+    """
     configured = os.environ.get("CNNLAB_DATA_DIR")
     path = Path(configured) if configured else SHARED / "datasets"
-    return path if (path / "mnist" / "train-images-idx3-ubyte.gz").exists() else None
+    if not path.is_dir():
+        return None
+    missing = [name for name in DATA_FILES if not (path / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"{path}: the data folder lacks {', '.join(missing)}; real-data tests cannot run.")
+    return path
 
 
 DATA_DIR = _data_dir()
-needs_data = pytest.mark.skipif(DATA_DIR is None, reason="real MNIST files not found (set CNNLAB_DATA_DIR)")
+needs_data = pytest.mark.skipif(DATA_DIR is None, reason="no data folder (set CNNLAB_DATA_DIR)")
+
+
+# Tests on ../shared's real material skip only when ../shared itself is absent; a missing
+# file inside it then fails the test that reads it.
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared not found beside the repository")
 
 
 @pytest.fixture(autouse=True)

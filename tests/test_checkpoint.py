@@ -14,12 +14,11 @@ from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import validate_config
 from cnnlab.errors import CnnlabError
 
-from conftest import SHARED, small_dnn
+from conftest import SHARED, needs_shared, small_dnn
 
 REALMODELS = SHARED / "realmodels"
 KERAS2_H5 = REALMODELS / "ikukang__DeepLearningWithPythonKeras__mnist_cnn.h5"
 KERAS3_H5 = REALMODELS / "JanithaB__cnn_mnist_cv2__mnist_cnn.h5"
-needs_realmodels = pytest.mark.skipif(not KERAS2_H5.exists(), reason="../shared/realmodels not found")
 
 
 def save_model(path, input_shape=(28, 28, 1), outputs=10, activation="softmax", layers=()):
@@ -45,7 +44,7 @@ def make_run(root, **data):
     return run
 
 
-@needs_realmodels
+@needs_shared
 @pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`")
 def test_a_keras2_h5_that_keras3_refuses_loads_and_the_file_is_untouched():
     before = hashlib.sha256(KERAS2_H5.read_bytes()).hexdigest()
@@ -58,7 +57,7 @@ def test_a_keras2_h5_that_keras3_refuses_loads_and_the_file_is_untouched():
     assert hashlib.sha256(KERAS2_H5.read_bytes()).hexdigest() == before
 
 
-@needs_realmodels
+@needs_shared
 def test_a_keras3_h5_loads():
     loaded = load_checkpoint(KERAS3_H5)
     assert "Keras 3.4.1" in loaded.kind and loaded.input_shape == (28, 28, 1)

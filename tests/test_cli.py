@@ -6,14 +6,19 @@ import json
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
 
 from conftest import REPO, needs_data, small_dnn
 
 
-def test_help_does_not_import_tensorflow():
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"]])
+def test_help_does_not_import_tensorflow(args):
     code = ("import sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
-            "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0, r.output; "
+            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -41,7 +46,20 @@ def test_debug_shows_the_traceback(runner, write_config):
     data = small_dnn()
     data["model"]["layers"][1]["type"] = "dens"
     result = runner.invoke(app, ["--debug", "train", str(write_config(data))])
-    assert result.exit_code != 0 and result.exception is not None
+    assert result.exit_code != 0 and isinstance(result.exception, CnnlabError)
+    assert "model.layers[1].type" in str(result.exception)
+
+
+def test_an_internal_bug_keeps_its_traceback(runner, write_config, monkeypatch):
+    """Only user mistakes become one-line messages; a bug is not dressed up as one."""
+    import cnnlab.config
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in cnnlab")
+
+    monkeypatch.setattr(cnnlab.config, "load_config", broken)
+    result = runner.invoke(app, ["config", str(write_config(small_dnn()))])
+    assert isinstance(result.exception, ZeroDivisionError) and result.exit_code != 2
 
 
 def test_config_prints_the_resolved_config_with_overrides(runner):
@@ -60,7 +78,7 @@ def test_gpu_on_a_machine_without_one_is_an_error(runner, write_config, monkeypa
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
-        return  # this machine has a GPU: nothing to refuse
+        pytest.skip("this machine has a GPU: nothing to refuse")
     path = write_config(small_dnn(epochs=1))
     result = runner.invoke(app, ["train", str(path), "--device", "gpu", "--runs-dir", str(path.parent / "runs")])
     assert result.exit_code == 2 and "sees no GPU" in result.stderr
@@ -69,8 +87,11 @@ def test_gpu_on_a_machine_without_one_is_an_error(runner, write_config, monkeypa
 @needs_data
 def test_train_command_end_to_end(runner, write_config, tmp_path):
     path = write_config(small_dnn(epochs=1))
-    result = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "seed=3"])
+    result = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "seed=3",
+                                 "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "metrics.json").read_text())["test_accuracy"] > 0.8
+    assert json.loads((run / "environment.json").read_text())["device"].startswith("CPU")
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 3  # the --set value is what ran

@@ -12,8 +12,8 @@ from cnnlab.config import validate_config
 from cnnlab.evaluate import evaluate
 from cnnlab.train import train
 
-from conftest import DATA_DIR, needs_data
-from test_checkpoint import KERAS2_H5, KERAS3_H5, needs_realmodels, save_model
+from conftest import DATA_DIR, needs_data, needs_shared
+from test_checkpoint import KERAS2_H5, KERAS3_H5, save_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -82,7 +82,7 @@ def test_the_printed_report_and_json(trained_run, runner):
 
 
 @needs_data
-@needs_realmodels
+@needs_shared
 @pytest.mark.parametrize("path", [KERAS2_H5, KERAS3_H5], ids=["keras2", "keras3"])
 def test_other_peoples_h5_files_score_about_099(path, runner, tmp_path):
     result = runner.invoke(app, ["evaluate", str(path), "--json"])

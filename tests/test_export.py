@@ -15,7 +15,7 @@ from cnnlab.data import load_raw
 from cnnlab.export import TOLERANCE, LiteModel, export_tflite
 from cnnlab.train import one_cycle_rate, train
 
-from conftest import DATA_DIR, needs_data, small_dnn
+from conftest import DATA_DIR, SHARED, needs_data, needs_shared, small_dnn
 
 
 def _tiny_cnn():
@@ -68,8 +68,9 @@ def test_training_writes_a_checked_tflite_copy(small_run):
 
 
 @needs_data
+@needs_shared
 def test_predict_on_a_run_uses_the_tflite_copy_without_tensorflow(small_run):
-    digits = sorted((DATA_DIR.parent / "digits").glob("*/*.png"))[:12]
+    digits = sorted((SHARED / "digits").glob("*/*.png"))[:12]
     assert digits, "the shared digit images are missing"
     code = ("import sys, json; from typer.testing import CliRunner; from cnnlab.cli import app; "
             f"r = CliRunner().invoke(app, ['predict', {str(small_run)!r}, *{[str(d) for d in digits]!r}, '--json']); "

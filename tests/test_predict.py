@@ -13,8 +13,8 @@ from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import app
 from cnnlab.predict import collect_images, predict_files
 
-from conftest import SHARED
-from test_checkpoint import KERAS3_H5, needs_realmodels, save_model
+from conftest import SHARED, needs_shared
+from test_checkpoint import KERAS3_H5, save_model
 from test_preprocess import draw_digit
 
 DIGITS = SHARED / "digits"
@@ -27,13 +27,12 @@ def real_digit_accuracy(loaded, preprocess: str) -> float:
     return sum(p.label == labels[p.path] for p in predictions) / len(predictions)
 
 
-@needs_realmodels
-@pytest.mark.skipif(not (DIGITS / "manifest.csv").exists(), reason="../shared/digits not found")
+@needs_shared
 def test_real_handwritten_digits_are_read_and_mnist_preprocessing_is_what_does_it():
     loaded = load_checkpoint(KERAS3_H5)  # a plain MNIST CNN someone else trained (0.99 on MNIST)
     prepared = real_digit_accuracy(loaded, "auto")
     resized = real_digit_accuracy(loaded, "none")
-    assert prepared >= 0.9  # 99 of 102
+    assert prepared >= 0.92  # 99 of 102; the floor the product promises
     assert resized <= prepared - 0.3  # 37 of 102 with a plain resize
 
 

@@ -69,16 +69,26 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     run_dir, killed = _start_and_stop_mid_epoch(config, tmp_path / "runs", signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
+    # the kill landed inside an epoch: some finished, not all
+    done = json.loads((run_dir / "run.json").read_text())["epochs_completed"]
+    before = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert 2 <= done < 4 and [row["epoch"] for row in before] == list(range(1, done + 1))
     # the best checkpoint of the finished epochs is whole and loads
     assert keras.saving.load_model(run_dir / "best.keras").count_params() == 50_890
-    assert json.loads((run_dir / "history.json").read_text())["epochs"][-1]["epoch"] >= 2
     resumed = _resume(run_dir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming" in resumed.stdout
+    assert f"after epoch {done}" in resumed.stdout
+    # it trains only the missing epochs (Keras prints "Epoch 3/4" for each it runs) ...
+    assert "Epoch 1/4" not in resumed.stdout and f"Epoch {done + 1}/4" in resumed.stdout
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[:done] == before  # ... appending to the history it had
+    # ... with the optimizer it had: Adam's step counter covers all 4 epochs, not only the resumed ones
+    steps_per_epoch = -(-32_000 // 32)
+    state = keras.saving.load_model(run_dir / "resume" / "state.keras")
+    assert int(state.optimizer.iterations) == 4 * steps_per_epoch
     assert not [p for p in run_dir.rglob(".*") if p.is_file()]  # a write the kill cut short is cleaned up
     assert metrics["epochs_completed"] == 4
     assert abs(metrics["test_accuracy"] - reference.metrics["test_accuracy"]) <= 0.005

@@ -38,7 +38,7 @@ def test_short_mnist_run_writes_a_complete_run_directory(tmp_path):
     assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,")
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["train_samples"] == 10000
-    assert "101,770" not in (run / "summary.txt").read_text() and "Total params" in (run / "summary.txt").read_text()
+    assert "Total params: 50,890" in (run / "summary.txt").read_text()  # Keras' own table of this model
     # the checkpoint is a plain Keras file: the best epoch by val_accuracy
     best = keras.saving.load_model(run / "best.keras")
     assert best.count_params() == 50_890
@@ -69,8 +69,11 @@ def test_categorical_loss_trains_on_one_hot_labels(tmp_path):
     data["model"]["layers"] = [{"type": "dense", "units": 8, "activation": "relu"},
                                {"type": "dense", "units": 2, "activation": "softmax"}]
     data["train"]["checkpoint"] = {"monitor": "loss"}
+    data["train"]["epochs"] = 3
     result = train(validate_config(data, "x"), "x", runs_dir=tmp_path, echo=lambda _: None)
-    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0 and np.isfinite(result.metrics["test_loss"])
+    # Keras refuses integer labels for a 2-unit categorical loss; here it trains, and learns
+    history = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    assert history[-1]["loss"] < history[0]["loss"] and np.isfinite(result.metrics["test_loss"])
 
 
 def test_tensorboard_logs_when_enabled(tmp_path):
