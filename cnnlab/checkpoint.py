@@ -165,6 +165,8 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
             dataset = dataset or cfg.data.dataset
             scale = scale if scale is not None else cfg.data.scale
             data_dir = cfg.data.dir
+            if dataset == cfg.data.dataset:  # scored on the run's test images, comparable with best.keras
+                test_samples = cfg.data.test_samples
     dataset = dataset or DEFAULT_DATASET
     scale = float(scale if scale is not None else DEFAULT_SCALE)
     if dataset not in DATASETS:

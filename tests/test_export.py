@@ -92,6 +92,26 @@ def test_predict_on_a_run_uses_the_tflite_copy_without_tensorflow(small_run):
             assert a["probability"] == pytest.approx(b["probability"], abs=TOLERANCE)
 
 
+@needs_data
+@needs_shared
+def test_a_run_without_its_tflite_copy_predicts_through_keras(small_run, tmp_path, runner):
+    import shutil
+
+    from cnnlab.cli import app
+
+    digits = [str(path) for path in sorted((SHARED / "digits").glob("*/*.png"))[:4]]
+    fast = runner.invoke(app, ["predict", str(small_run), *digits, "--json"])
+    bare = shutil.copytree(small_run, tmp_path / small_run.name)
+    (bare / "model.tflite").unlink()  # e.g. a run from before the export, or a failed conversion
+    slow = runner.invoke(app, ["predict", str(bare), *digits, "--json"])
+    assert fast.exit_code == 0 and slow.exit_code == 0, slow.output
+    fast, slow = json.loads(fast.stdout), json.loads(slow.stdout)
+    assert fast["model"].endswith("model.tflite") and slow["model"] == str(bare / "best.keras")
+    for a, b in zip(fast["predictions"], slow["predictions"]):
+        assert a["class"] == b["class"]
+        assert a["top_k"][0]["probability"] == pytest.approx(b["top_k"][0]["probability"], abs=TOLERANCE)
+
+
 def test_one_cycle_warms_up_then_anneals():
     rates = [one_cycle_rate(step, 100, 0.01, 0.3) for step in range(100)]
     assert rates[0] == pytest.approx(0.01 / 25)

@@ -109,6 +109,11 @@ def test_palette_images_with_and_without_transparency(tmp_path):
     np.testing.assert_array_equal(prepared(gif, tmp_path, "transparent.gif", transparency=0), reference)
 
 
+def test_bmp_files_read_like_png(tmp_path):
+    reference = mnist_style(gray_array(draw_digit("5")))
+    np.testing.assert_array_equal(prepared(draw_digit("5").convert("RGB"), tmp_path, "paint.bmp"), reference)
+
+
 def test_jpeg_artefacts_do_not_change_the_digit(tmp_path):
     reference = mnist_style(gray_array(draw_digit("5")))
     seen = prepared(draw_digit("5").convert("RGB"), tmp_path, "digit.jpg", quality=60)

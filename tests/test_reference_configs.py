@@ -113,3 +113,6 @@ def test_the_seed_style_checkpoint_pattern_writes_files_plain_keras_loads(tmp_pa
     x = np.random.default_rng(0).random((8, 28, 28, 1), dtype="float32")
     np.testing.assert_allclose(newest.predict(x, verbose=0), best.predict(x, verbose=0), atol=1e-6)
     assert type(best.optimizer).__name__ == "Adam"  # writing the HDF5 copy did not cost best.keras its optimizer
+    from cnnlab.evaluate import evaluate  # and cnnlab evaluate scores the .hdf5 as it scores best.keras
+
+    assert evaluate(result.run_dir / written[-1]).accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-9)

@@ -103,6 +103,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_resume(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted" and info["epochs_completed"] >= 2
     assert (run_dir / "loss.png").exists() and (run_dir / "best.keras").exists()
+    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert len(history) == info["epochs_completed"]  # the finished epochs' history is kept
     resumed = _resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
