@@ -81,7 +81,13 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
             if index != 0:
                 raise CnnlabError(f"{source}: model.layers[{index}]: an input layer can only come first.")
             continue
-        shape, params = _layer_output(layer, shape, f"{source}: model.layers[{index}] ({layer.type})")
+        where = f"{source}: model.layers[{index}] ({layer.type})"
+        if layer.type in _SPATIAL and len(shape) != 3 and not plan.layers:
+            raise CnnlabError(
+                f"{where}: needs images (height, width, channels), but {cfg.data.dataset} samples have "
+                f"shape {shape}; use an image data set or a model of dense layers."
+            )
+        shape, params = _layer_output(layer, shape, where)
         plan.layers.append(LayerPlan(index, layer.type, shape, params))
     _check_output(cfg, plan, source, info.num_classes)
     _check_monitors(cfg, source)
