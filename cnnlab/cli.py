@@ -233,18 +233,24 @@ def predict(
 
     files = predicting.collect_images(images)
     loaded = load_checkpoint(target, dataset=dataset and dataset.value, scale=scale, unsafe=unsafe, fast=True)
+    bad: list[CnnlabError] = []
     with _progress(len(files), f"predicting {len(files)} images") as step:
         results = predicting.predict_files(loaded, files, top_k=top_k, preprocess=preprocess.value,
-                                           explain_dir=explain, on_image=step)
+                                           explain_dir=explain, on_image=step, on_bad_image=bad.append)
     if as_json:
         document = {"model": str(loaded.path), "dataset": loaded.dataset,
                     "preprocess": predicting.preprocessing_for(loaded.dataset, preprocess.value),
-                    "predictions": [result.to_dict() for result in results]}
+                    "predictions": [result.to_dict() for result in results],
+                    "errors": [str(error) for error in bad]}
         typer.echo(json.dumps(document, indent=2))
-    else:
+    elif results:
         typer.echo(predicting.format_predictions(results), nl=False)
-    if explain is not None and not as_json:
+    if explain is not None and not as_json and results:
         typer.echo(f"explanations: {explain}/", err=True)
+    for error in bad:  # after the answers: every image that could be read got one
+        typer.echo(f"error: {error}", err=True)
+    if bad:
+        raise typer.Exit(2)
 
 
 @contextlib.contextmanager

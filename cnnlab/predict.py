@@ -88,7 +88,8 @@ def preprocessing_for(dataset: str, choice: str) -> str:
 
 def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "auto",
                   explain_dir: str | Path | None = None,
-                  on_image: Callable[[int], None] | None = None) -> list[Prediction]:
+                  on_image: Callable[[int], None] | None = None,
+                  on_bad_image: Callable[[CnnlabError], None] | None = None) -> list[Prediction]:
     """Predict every file with a loaded model (`cnnlab.checkpoint.LoadedModel`).
 
     Args:
@@ -98,6 +99,9 @@ def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "
         preprocess: "auto" (the data set's own), "mnist", "fashion" or "none" (plain resize).
         explain_dir: if given, a PNG per image is written there (see the module docstring).
         on_image: called with 1 after each image, e.g. a progress bar's `update`.
+        on_bad_image: if given, an image that cannot be read (not an image, blank, too small)
+            is passed to it as its error and skipped, so one bad file in a folder does not
+            cost the others their answers; if None, the first such image raises.
     """
     if not DATASETS[loaded.dataset].is_image:
         raise CnnlabError(
@@ -114,8 +118,19 @@ def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "
     used_names: set[str] = set()
     predictions: list[Prediction] = []
     for start in range(0, len(files), _BATCH):
-        batch = files[start:start + _BATCH]
-        prepared = [prepare_image(path, style) for path in batch]
+        batch, prepared = [], []
+        for path in files[start:start + _BATCH]:
+            try:
+                prepared.append(prepare_image(path, style))
+                batch.append(path)
+            except CnnlabError as error:
+                if on_bad_image is None:
+                    raise
+                on_bad_image(error)
+                if on_image is not None:
+                    on_image(1)
+        if not batch:
+            continue
         seen = np.stack([image for _, image in prepared])
         probs = loaded.predict(loaded.prepare(seen))
         for path, (original, image), row in zip(batch, prepared, probs):

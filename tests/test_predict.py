@@ -110,6 +110,18 @@ def test_bad_images_and_empty_folders_are_one_line_errors(tmp_path, runner):
     assert result.exit_code == 2 and "nowhere.png: no such image file or folder" in result.stderr
 
 
+def test_one_bad_file_in_a_folder_does_not_cost_the_others_their_answers(tmp_path, digit_folder, runner):
+    model = save_model(tmp_path / "model.keras")
+    (digit_folder / "a" / "scan.png").write_text("not a picture")
+    result = runner.invoke(app, ["predict", str(model), str(digit_folder / "a")])
+    assert result.exit_code == 2  # the user is told something went wrong ...
+    assert len(result.stdout.splitlines()) == 6  # ... after every readable image got its answer
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {digit_folder / 'a' / 'scan.png'}: is not an image Pillow can read; use a PNG, JPG, BMP or GIF file.")
+    document = json.loads(runner.invoke(app, ["predict", str(model), str(digit_folder / "a"), "--json"]).stdout)
+    assert len(document["predictions"]) == 6 and len(document["errors"]) == 1 and "scan.png" in document["errors"][0]
+
+
 def test_predict_imports_no_tensorflow_until_a_model_is_loaded():
     code = ("import sys, cnnlab.predict, cnnlab.preprocess, cnnlab.checkpoint; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'sklearn') if m in sys.modules))")
