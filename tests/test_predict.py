@@ -11,9 +11,11 @@ import pytest
 
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import app
+from cnnlab.config import load_config
 from cnnlab.predict import collect_images, predict_files
+from cnnlab.train import train
 
-from conftest import SHARED, needs_shared
+from conftest import DATA_DIR, REPO, SHARED, needs_shared
 from test_checkpoint import KERAS3_H5, save_model
 from test_preprocess import draw_digit
 
@@ -34,6 +36,34 @@ def test_real_handwritten_digits_are_read_and_mnist_preprocessing_is_what_does_i
     resized = real_digit_accuracy(loaded, "none")
     assert prepared >= 0.92  # 99 of 102; the floor the product promises
     assert resized <= prepared - 0.3  # 37 of 102 with a plain resize
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """configs/mnist_fast.yaml trained as shipped: all 60k images, 2 epochs (under a minute)."""
+    if DATA_DIR is None:
+        pytest.skip("no data folder (set CNNLAB_DATA_DIR)")
+    cfg = load_config(REPO / "configs" / "mnist_fast.yaml", [f"data.dir={DATA_DIR}", "data.download=false"])
+    return train(cfg, "mnist_fast.yaml", runs_dir=tmp_path_factory.mktemp("runs"), echo=lambda _: None)
+
+
+@pytest.mark.slow
+@needs_shared
+def test_a_model_cnnlab_trained_reads_real_handwriting_through_the_command_line(fast_run, runner):
+    """The product's promise, end to end: train, then `cnnlab predict RUN folder` on people's digits."""
+    assert fast_run.metrics["test_accuracy"] >= 0.985  # 0.9925 here
+    labels = {str(DIGITS / row["file"]): int(row["label"]) for row in csv.DictReader(open(DIGITS / "manifest.csv"))}
+
+    def accuracy(*options) -> float:
+        result = runner.invoke(app, ["predict", str(fast_run.run_dir), str(DIGITS), "--json", *options])
+        assert result.exit_code == 0, result.output
+        predictions = json.loads(result.stdout)["predictions"]
+        assert len(predictions) == len(labels) == 102
+        return sum(p["class"] == labels[p["file"]] for p in predictions) / len(predictions)
+
+    prepared, resized = accuracy(), accuracy("--preprocess", "none")
+    assert prepared >= 0.92  # 100 of 102 here
+    assert resized <= prepared - 0.3  # 44 of 102 with a plain resize
 
 
 @pytest.fixture
