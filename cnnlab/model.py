@@ -82,11 +82,10 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
                 raise CnnlabError(f"{source}: model.layers[{index}]: an input layer can only come first.")
             continue
         where = f"{source}: model.layers[{index}] ({layer.type})"
-        if layer.type in _SPATIAL and len(shape) != 3 and not plan.layers:
-            raise CnnlabError(
-                f"{where}: needs images (height, width, channels), but {cfg.data.dataset} samples have "
-                f"shape {shape}; use an image data set or a model of dense layers."
-            )
+        if layer.type in _SPATIAL and len(shape) != 3:
+            fix = ("put it before any flatten or dense layer" if plan.layers else
+                   f"{cfg.data.dataset} samples are not images: use an image data set or only dense layers")
+            raise CnnlabError(f"{where}: needs an image input (height, width, channels), got shape {shape}; {fix}.")
         shape, params = _layer_output(layer, shape, where)
         plan.layers.append(LayerPlan(index, layer.type, shape, params))
     _check_output(cfg, plan, source, info.num_classes)
@@ -97,11 +96,6 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
 
 def _layer_output(layer, shape: tuple[int, ...], where: str) -> tuple[tuple[int, ...], int]:
     kind = layer.type
-    if kind in _SPATIAL and len(shape) != 3:
-        raise CnnlabError(
-                f"{where}: needs an image input (height, width, channels), got shape {shape}; "
-                "put it before any flatten or dense layer."
-            )
     if kind == "flatten":
         return (int(np.prod(shape)),), 0
     if kind == "dense":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +109,12 @@ def update_json(path: Path, **changes) -> dict:
     data.update(changes)
     write_json(path, data)
     return data
+
+
+def copy_file(source: Path, path: Path) -> None:
+    """Copy `source` onto `path` atomically (the suffix kept, as Keras checks it on loading)."""
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def save_model(model, path: Path) -> None:

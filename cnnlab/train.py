@@ -89,6 +89,12 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), raw)
     if history:
         model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
+        done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // -(-len(splits.x_train)
+                                                                             // cfg.train.batch_size)
+        if done < len(history):  # killed between the history write and the state's rename
+            echo(f"the saved state is from epoch {done}: epoch {done + 1} is trained again")
+            history = history[:done]
+            keras.utils.set_random_seed(cfg.seed + done)
     else:
         model = build_model(cfg, plan.input_shape)
         model.compile(optimizer=make_optimizer(keras, cfg), loss=cfg.train.loss, metrics=list(cfg.train.metrics))
@@ -289,17 +295,20 @@ def _recorder_class(keras):
             improved = value is not None and (
                 self.best is None or (value > self.best if self.mode == "max" else value < self.best)
             )
-            if improved:
-                self.best = value
-                rundir.save_model(self.model, self.run_dir / rundir.BEST)
-            pattern = self.cfg.train.checkpoint.filename
-            if pattern and (improved or not self.cfg.train.checkpoint.save_best_only):
-                named = self.run_dir / pattern.format(epoch=epoch + 1, **logs)
-                rundir.save_model(self.model, named)
-                print(f"\nepoch {epoch + 1}: saved {named}", flush=True)  # Keras' ModelCheckpoint says it too
-            rundir.save_model(self.model, self.run_dir / rundir.RESUME_STATE)
-            self._write_history()
-            rundir.update_json(self.run_dir / rundir.RUN, epochs_completed=len(self.rows))
+            # The resume state is renamed into place last: a kill before that leaves the previous
+            # epoch's state, and `resume` replays this epoch (it trusts the state, not the history).
+            with rundir.atomic_path(self.run_dir / rundir.RESUME_STATE, suffix=".keras") as state:
+                self.model.save(state)
+                if improved:  # the same model and optimizer: a copy, not a second serialisation
+                    self.best = value
+                    rundir.copy_file(state, self.run_dir / rundir.BEST)
+                pattern = self.cfg.train.checkpoint.filename
+                if pattern and (improved or not self.cfg.train.checkpoint.save_best_only):
+                    named = self.run_dir / pattern.format(epoch=epoch + 1, **logs)
+                    rundir.save_model(self.model, named)
+                    print(f"\nepoch {epoch + 1}: saved {named}", flush=True)  # Keras' ModelCheckpoint says it too
+                self._write_history()
+                rundir.update_json(self.run_dir / rundir.RUN, epochs_completed=len(self.rows))
 
         def _write_history(self):
             keys = list(dict.fromkeys(key for row in self.rows for key in row))

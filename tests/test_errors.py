@@ -78,7 +78,7 @@ CONFIG_CASES = [
      [], ["model.layers[1] (conv2d)", "needs an image input"]),
     ("conv on a data set of points", lambda d: d["data"].update(dataset="xor", validation={"method": "none"})
      or _layers(d).__setitem__(0, {"type": "conv2d", "filters": 2, "kernel_size": 1}),
-     ["--set", "train.checkpoint.monitor=loss"], ["model.layers[0] (conv2d)", "xor samples have shape (2,)"]),
+     ["--set", "train.checkpoint.monitor=loss"], ["model.layers[0] (conv2d)", "got shape (2,)", "xor samples are not images"]),
     ("no flatten before dense", lambda d: _conv(d) or _layers(d).pop(3), [], ["add a flatten layer"]),
     ("monitor without validation", lambda d: d["data"].update(validation={"method": "none"}), [],
      ["train.checkpoint.monitor", "val_accuracy", "no val_*"]),

@@ -110,6 +110,43 @@ def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_resume(tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 
 
+@needs_data
+def test_a_kill_after_the_history_write_but_before_the_state_replays_that_epoch(tmp_path, monkeypatch):
+    """The last moment of an epoch's writes: history.json says 2 epochs, the state is still epoch 1's."""
+    import cnnlab.train as training
+
+    cfg = validate_config(small_dnn(epochs=3), "s")
+    reference = train(cfg, "s", runs_dir=tmp_path / "reference", echo=lambda _: None)
+
+    class KillAfterEpoch2(keras.callbacks.Callback):  # runs after cnnlab's recorder wrote the epoch
+        def on_epoch_end(self, epoch, logs=None):
+            state = self.model_run_dir / "resume" / "state.keras"
+            if epoch == 0:
+                (tmp_path / "epoch1.keras").write_bytes(state.read_bytes())
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    run_fit = training._run_fit
+
+    def fit_then_kill(keras_, model, cfg_, splits, validation, callbacks, first_epoch):
+        killer = KillAfterEpoch2()
+        killer.model_run_dir = callbacks[0].run_dir
+        return run_fit(keras_, model, cfg_, splits, validation, [*callbacks, killer], first_epoch)
+
+    monkeypatch.setattr(training, "_run_fit", fit_then_kill)
+    run_dir = train(cfg, "s", runs_dir=tmp_path / "runs", echo=lambda _: None).run_dir
+    monkeypatch.setattr(training, "_run_fit", run_fit)
+    (run_dir / "resume" / "state.keras").write_bytes((tmp_path / "epoch1.keras").read_bytes())  # not renamed yet
+    assert len(json.loads((run_dir / "history.json").read_text())["epochs"]) == 2
+
+    said = []
+    result = training.resume(run_dir, echo=said.append)
+    assert "the saved state is from epoch 1: epoch 2 is trained again" in said
+    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert result.metrics["test_accuracy"] == pytest.approx(reference.metrics["test_accuracy"], abs=0.005)
+
+
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
     target = tmp_path / "best.keras"
     target.write_text("previous checkpoint")
