@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,7 +104,8 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     echo(summary)
 
-    recorder = _recorder_class(keras)(cfg, run_dir, history)
+    stop = StopRequest()
+    recorder = _recorder_class(keras)(cfg, run_dir, history, stop)
     callbacks = [recorder]
     if cfg.train.early_stopping is not None:
         callbacks.append(_early_stopping(keras, cfg, history))
@@ -115,13 +118,15 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     started = time.perf_counter()
     status = "completed"
     try:
-        if cfg.train.loop == "gradient_tape":  # the hand-written loop drives the same callbacks
-            from cnnlab.tape import fit_with_gradient_tape
+        with stop:
+            if cfg.train.loop == "gradient_tape":  # the hand-written loop drives the same callbacks
+                from cnnlab.tape import fit_with_gradient_tape
 
-            fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
-                                   verbose=1 if sys.stdout.isatty() else 2)
-        else:
-            _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history))
+                fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
+                                       verbose=1 if sys.stdout.isatty() else 2)
+            else:
+                _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history))
+            stop.check()  # a Ctrl-C after the last batch still counts
     except KeyboardInterrupt:
         status = "interrupted"
     seconds = time.perf_counter() - started
@@ -268,15 +273,50 @@ def _one_cycle(keras, schedule, steps_per_epoch: int, epochs: int):
     return OneCycle()
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM while training: stop at the next batch, as an interruption.
+
+    Python raises KeyboardInterrupt wherever the main thread is when the signal lands; inside
+    one of TensorFlow's `__del__` methods it is printed as "Exception ignored" and lost, and
+    training went on to the end (seen once in CI). Here the signal only sets a flag, which the
+    recorder turns into KeyboardInterrupt at a batch boundary, in cnnlab's own code. A second
+    signal raises at once, for a batch that never ends.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 def _recorder_class(keras):
     """The recorder subclasses keras.callbacks.Callback, so it is made once Keras is imported."""
 
     class RunRecorder(keras.callbacks.Callback):
         """After every epoch: history row, best checkpoint, resume state, all atomic."""
 
-        def __init__(self, cfg: Config, run_dir: Path, history: list[dict]):
+        def __init__(self, cfg: Config, run_dir: Path, history: list[dict], stop: StopRequest):
             super().__init__()
-            self.cfg, self.run_dir, self.rows = cfg, run_dir, list(history)
+            self.cfg, self.run_dir, self.rows, self.stop = cfg, run_dir, list(history), stop
             ck = cfg.train.checkpoint
             self.monitor, self.mode = ck.monitor, monitor_mode(ck.monitor, ck.mode)
             seen = [row[self.monitor] for row in self.rows if self.monitor in row]
@@ -284,6 +324,12 @@ def _recorder_class(keras):
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch_started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.stop.check()
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.stop.check()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = {key: float(value) for key, value in (logs or {}).items()}

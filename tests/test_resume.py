@@ -147,6 +147,37 @@ def test_a_kill_after_the_history_write_but_before_the_state_replays_that_epoch(
     assert result.metrics["test_accuracy"] == pytest.approx(reference.metrics["test_accuracy"], abs=0.005)
 
 
+class _SignalInDel:
+    """An object whose __del__ receives SIGINT, as TensorFlow's do when Ctrl-C lands during garbage collection."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, inside __del__
+
+
+@needs_data
+def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, monkeypatch):
+    """Python's own KeyboardInterrupt raised in a __del__ is printed and dropped: training went on."""
+    import cnnlab.train as training
+
+    class CtrlCDuringEpoch2(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 20:
+                _SignalInDel()  # made and collected at once
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    run_fit = training._run_fit
+    monkeypatch.setattr(training, "_run_fit", lambda keras_, model, cfg_, splits, validation, callbacks, first_epoch:
+                        run_fit(keras_, model, cfg_, splits, validation, [CtrlCDuringEpoch2(), *callbacks], first_epoch))
+    result = train(validate_config(small_dnn(epochs=3), "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
+    assert result.status == "interrupted"
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_completed"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Python's again
+
+
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
     target = tmp_path / "best.keras"
     target.write_text("previous checkpoint")
