@@ -89,10 +89,10 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     rundir.write_json(run_dir / rundir.ENVIRONMENT, environment(keras, device_name))
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), raw)
+    steps_per_epoch = -(-len(splits.x_train) // cfg.train.batch_size)
     if history:
         model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
-        done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // -(-len(splits.x_train)
-                                                                             // cfg.train.batch_size)
+        done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps_per_epoch
         if done < len(history):  # killed between the history write and the state's rename
             echo(f"the saved state is from epoch {done}: epoch {done + 1} is trained again")
             history = history[:done]
@@ -110,8 +110,7 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     if cfg.train.early_stopping is not None:
         callbacks.append(_early_stopping(keras, cfg, history))
     if cfg.train.lr_schedule is not None:
-        steps = -(-len(splits.x_train) // cfg.train.batch_size)
-        callbacks.append(_one_cycle(keras, cfg.train.lr_schedule, steps, cfg.train.epochs))
+        callbacks.append(_one_cycle(keras, cfg.train.lr_schedule, steps_per_epoch, cfg.train.epochs))
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     validation = (splits.x_val, splits.y_val) if splits.x_val is not None else None
