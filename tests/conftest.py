@@ -9,12 +9,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cnnlab.data import DATASETS
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
-DATA_FILES = [f"{folder}/{split}-{kind}-ubyte.gz" for folder in ("mnist", "fashion-mnist")
-              for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+# the IDX files cnnlab reads, as its data module lists them (mnist/..., fashion-mnist/...)
+DATA_FILES = [f"{info.folder}/{name}" for info in DATASETS.values() if info.folder for name, _ in info.md5]
 
 
 def _data_dir() -> Path | None:
