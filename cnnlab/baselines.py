@@ -34,7 +34,7 @@ import numpy as np
 
 from cnnlab import rundir
 from cnnlab.config import Config
-from cnnlab.data import DATASETS, prepare
+from cnnlab.data import describe, prepare
 from cnnlab.errors import CnnlabError
 
 METHODS = ("svm", "kmeans")
@@ -59,10 +59,11 @@ def run_baseline(cfg: Config, method: str, runs_dir: str | Path = "runs", cluste
     """
     if method not in METHODS:
         raise CnnlabError(f"--method {method!r}: unknown baseline; valid: {', '.join(METHODS)}.")
-    info = DATASETS[cfg.data.dataset]
+    info = describe(cfg.data)
     if clusters is not None and (method != "kmeans" or clusters < 1):
         raise CnnlabError(f"--clusters {clusters}: only for --method kmeans, and at least 1.")
     splits = prepare(cfg, (int(np.prod(info.sample_shape)),), one_hot=False)
+    x_train, x_val, x_test = (None if x is None else np.asarray(x) for x in (splits.x_train, splits.x_val, splits.x_test))
     run_dir = rundir.create_run_dir(runs_dir, f"{cfg.name}-{method}")
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     rundir.write_json(run_dir / rundir.RUN, {
@@ -73,15 +74,15 @@ def run_baseline(cfg: Config, method: str, runs_dir: str | Path = "runs", cluste
     echo(f"fitting {method} on {len(splits.x_train):,} {cfg.data.dataset} training samples ...")
     started = time.perf_counter()
     if method == "svm":
-        predict, details = _fit_svm(cfg, splits.x_train, splits.y_train)
+        predict, details = _fit_svm(cfg, x_train, splits.y_train)
     else:
-        predict, details = _fit_kmeans(cfg, splits.x_train, splits.y_train, clusters or info.num_classes)
+        predict, details = _fit_kmeans(cfg, x_train, splits.y_train, clusters or info.num_classes)
     seconds = time.perf_counter() - started
     metrics = {"method": method, **details}
-    if splits.x_val is not None:
-        metrics["val_accuracy"] = float(np.mean(predict(splits.x_val) == splits.y_val))
+    if x_val is not None:
+        metrics["val_accuracy"] = float(np.mean(predict(x_val) == splits.y_val))
     metrics.update(
-        test_accuracy=float(np.mean(predict(splits.x_test) == splits.labels_test)),
+        test_accuracy=float(np.mean(predict(x_test) == splits.labels_test)),
         test_samples=len(splits.x_test), train_samples=len(splits.x_train), fit_seconds=round(seconds, 2),
     )
     rundir.write_json(run_dir / rundir.METRICS, metrics)

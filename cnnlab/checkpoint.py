@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab import rundir
-from cnnlab.data import DATASETS
+from cnnlab.data import DATASETS, DatasetInfo, describe, info_from_record
 from cnnlab.errors import CnnlabError
 from cnnlab.export import TFLITE, LiteModel
 
@@ -61,13 +61,14 @@ class LoadedModel:
         model: the Keras model (uncompiled).
         path: the model file.
         kind: what the file is, for people ("cnnlab run", ".keras file", ".h5 file (Keras 2.3.1)").
-        dataset: the data set the model reads (`mnist`, `fashion_mnist`, ...).
+        dataset: the data set the model reads (`mnist`, `fashion_mnist`, `folder`, ...).
         scale: pixels are divided by this, as in training.
         input_shape: one sample as the model takes it, e.g. (28, 28, 1) or (784,).
         loss: the loss the model was trained with, where the file or run says it.
         run_dir: the run directory, for a cnnlab run (results go there).
-        test_samples: how many test images the run was scored on (None: all).
-        data_dir: where the data set's files are (the run's `data.dir`; None: the default).
+        data_settings: the data section of the run's config (a bare file: the data set's defaults).
+        test_files: a run on a user's data set: the test images it was scored on.
+        info: the data set: class names, image size and colour, how predict prepares a picture.
     """
 
     model: Any
@@ -78,17 +79,22 @@ class LoadedModel:
     input_shape: tuple[int, ...]
     loss: str | None = None
     run_dir: Path | None = None
-    test_samples: int | None = None
-    data_dir: str | None = None
+    data_settings: Any = None
+    test_files: list[str] | None = None
+    info: DatasetInfo | None = None
+
+    def __post_init__(self):
+        if self.info is None:
+            self.info = DATASETS[self.dataset]
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return DATASETS[self.dataset].class_names
+        return self.info.class_names
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """Raw samples ((N, 28, 28) grey levels 0..255) as the model takes them: scaled, shaped."""
+        """Raw samples (e.g. (N, 28, 28, 1) grey levels 0..255) as the model takes them: scaled, shaped."""
         x = np.asarray(raw, dtype=np.float32)
-        if DATASETS[self.dataset].is_image:
+        if self.info.is_image:
             x = x / np.float32(self.scale)
         return x.reshape((len(x), *self.input_shape))
 
@@ -131,7 +137,7 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
     target = Path(target)
     if not target.exists():
         raise CnnlabError(f"{target}: no such run directory or model file.")
-    run_dir = None
+    run_dir, settings, test_files, info = None, None, None, None
     if target.is_dir():
         run = rundir.open_run(target)
         run_dir, path = run.path, run.checkpoint
@@ -141,15 +147,17 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
                 f"finished); resume it with `cnnlab train --resume {target}`."
             )
         cfg = _run_config(run_dir)
-        dataset, scale = _run_data(cfg, run_dir, dataset, scale)
-        kind, loss, test_samples, data_dir = "cnnlab run", cfg.train.loss, cfg.data.test_samples, cfg.data.dir
+        _refuse_other_data(cfg, run_dir, dataset, scale)
+        info, test_files = run_data(run_dir, cfg)
+        dataset, scale, settings = cfg.data.dataset, cfg.data.scale, cfg.data
+        kind, loss = "cnnlab run", cfg.train.loss
         lite = run_dir / TFLITE
         if fast and lite.exists() and lite.stat().st_mtime >= path.stat().st_mtime:
             model = LiteModel(lite)
             return LoadedModel(
                 model=model, path=lite, kind="cnnlab run (TFLite copy of best.keras)", dataset=dataset,
-                scale=float(scale), input_shape=_fit_input(model, lite, dataset), loss=loss, run_dir=run_dir,
-                test_samples=test_samples, data_dir=data_dir,
+                scale=float(scale), input_shape=_fit_input(model, lite, info), loss=loss, run_dir=run_dir,
+                data_settings=settings, test_files=test_files, info=info,
             )
     else:
         path = target
@@ -158,19 +166,24 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
                 f"{path}: is not a model file cnnlab can load; give a run directory or a "
                 f"{', '.join(MODEL_SUFFIXES)} file."
             )
-        kind, loss, test_samples, data_dir = f"{path.suffix.lower()} file", None, None, None
+        kind, loss = f"{path.suffix.lower()} file", None
         owner = _owning_run(path)
         if owner is not None:  # e.g. runs/<run>/dm_03_0.98.keras: the run knows its data
             cfg = _run_config(owner)
-            dataset = dataset or cfg.data.dataset
+            if dataset in (None, cfg.data.dataset):  # scored on the run's test images, comparable with best.keras
+                info, test_files = run_data(owner, cfg)
+                dataset, settings = cfg.data.dataset, cfg.data
             scale = scale if scale is not None else cfg.data.scale
-            data_dir = cfg.data.dir
-            if dataset == cfg.data.dataset:  # scored on the run's test images, comparable with best.keras
-                test_samples = cfg.data.test_samples
     dataset = dataset or DEFAULT_DATASET
     scale = float(scale if scale is not None else DEFAULT_SCALE)
-    if dataset not in DATASETS:
-        raise CnnlabError(f"dataset {dataset!r} is unknown; use one of {', '.join(DATASETS)}.")
+    if info is None:
+        if dataset not in DATASETS:
+            raise CnnlabError(f"dataset {dataset!r} is unknown; use one of {', '.join(DATASETS)}.")
+        info = DATASETS[dataset]
+    if settings is None:
+        from cnnlab.config import DataSection
+
+        settings = DataSection(dataset=dataset, scale=scale)
     if scale <= 0:
         raise CnnlabError(f"--scale {scale:g}: must be a positive number (pixels are divided by it), e.g. 255.")
 
@@ -184,11 +197,11 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
             "on loading; cnnlab refuses it. Pass --unsafe only if you trust where the file comes from."
         )
     model = _load_keras(path, config, unsafe)
-    input_shape = _fit_input(model, path, dataset)
-    _check_output(model, path, dataset)
+    input_shape = _fit_input(model, path, info)
+    _check_output(model, path, info)
     return LoadedModel(
         model=model, path=path, kind=kind, dataset=dataset, scale=scale, input_shape=input_shape,
-        loss=loss or file_loss, run_dir=run_dir, test_samples=test_samples, data_dir=data_dir,
+        loss=loss or file_loss, run_dir=run_dir, data_settings=settings, test_files=test_files, info=info,
     )
 
 
@@ -199,14 +212,27 @@ def _run_config(run_dir: Path):
     return validate_config(read_yaml_mapping(path), path)
 
 
-def _run_data(cfg, run_dir: Path, dataset: str | None, scale: float | None) -> tuple[str, float]:
+def run_data(run_dir: Path, cfg) -> tuple[DatasetInfo, list[str] | None]:
+    """A run's data set and its recorded test images, from its data.json.
+
+    A run written before data.json existed trained on a built-in set: its config says all.
+    """
+    record_path = run_dir / rundir.DATA
+    if record_path.exists():
+        record = rundir.read_json(record_path)
+        return info_from_record(record), record.get("test_files")
+    if cfg.data.dataset not in DATASETS:
+        raise CnnlabError(f"{run_dir}: the run has no {rundir.DATA}; it cannot tell its classes and images.")
+    return describe(cfg.data, str(run_dir / rundir.CONFIG)), None
+
+
+def _refuse_other_data(cfg, run_dir: Path, dataset: str | None, scale: float | None) -> None:
     """A run is evaluated on the data it was trained for; a differing --dataset/--scale is a mistake."""
     if dataset not in (None, cfg.data.dataset) or (scale is not None and float(scale) != cfg.data.scale):
         raise CnnlabError(
             f"{run_dir}: the run was trained on {cfg.data.dataset} scaled by 1/{cfg.data.scale:g} "
             f"({rundir.CONFIG}); --dataset and --scale are for bare model files, leave them out for a run."
         )
-    return cfg.data.dataset, cfg.data.scale
 
 
 def _owning_run(path: Path) -> Path | None:
@@ -354,34 +380,33 @@ def _first_line(exc: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _fit_input(model, path: Path, dataset: str) -> tuple[int, ...]:
+def _fit_input(model, path: Path, info: DatasetInfo) -> tuple[int, ...]:
     """One sample's shape as the model takes it; an error when the data cannot fit it."""
-    info = DATASETS[dataset]
     shapes = model.input_shape
     if isinstance(shapes, list) or (shapes and isinstance(shapes[0], (tuple, list))):
         raise CnnlabError(f"{path}: the model has {len(shapes)} inputs; cnnlab feeds models with one input.")
     shape = tuple(shapes[1:])
     size = int(np.prod(info.sample_shape))
     if None in shape:  # e.g. a fully convolutional model: the data's own size
-        known = (*info.sample_shape, 1)[: len(shape)] if len(shape) >= 2 else (size,)
+        known = info.sample_shape[: len(shape)] if len(shape) >= 2 else (size,)
         shape = tuple(known[i] if dim is None else dim for i, dim in enumerate(shape))
     if int(np.prod(shape)) != size:
         sample = "x".join(map(str, info.sample_shape))
+        about = ("cnnlab's image data sets (mnist, fashion_mnist) are 28x28 greyscale" if not info.own_data
+                 else f"the run's images are {sample}")
         raise CnnlabError(
             f"{path}: the model takes inputs of shape {shape} ({int(np.prod(shape))} values), but "
-            f"{dataset} samples are {sample} ({size} values): it was trained on other data. cnnlab's image "
-            "data sets (mnist, fashion_mnist) are 28x28 greyscale."
+            f"{info.name} samples are {sample} ({size} values): it was trained on other data. {about}."
         )
     return shape
 
 
-def _check_output(model, path: Path, dataset: str) -> None:
-    info = DATASETS[dataset]
+def _check_output(model, path: Path, info: DatasetInfo) -> None:
     shape = model.output_shape
     units = shape[-1] if isinstance(shape, tuple) and len(shape) == 2 else None
     if units != info.num_classes and not (info.num_classes == 2 and units == 1):
         raise CnnlabError(
-            f"{path}: the model's output has shape {shape}, but {dataset} has {info.num_classes} classes; "
+            f"{path}: the model's output has shape {shape}, but {info.name} has {info.num_classes} classes; "
             f"expected (None, {info.num_classes})."
         )
 

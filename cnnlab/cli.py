@@ -218,8 +218,9 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to list per image.")] = 3,
     as_json: JsonOption = False,
     preprocess: Annotated[Preprocess, typer.Option(
-        help="auto: as the model's data set was made (MNIST: invert, crop to the ink, fit 20x20, centre by "
-             "mass; Fashion-MNIST: object on black, fitted); none: only a resize to 28x28.")] = Preprocess.auto,
+        help="auto: as the run recorded (MNIST: invert, crop to the ink, fit 20x20, centre by mass; "
+             "Fashion-MNIST: object on black, fitted; a folder/CSV data set: none); none: only the conversion "
+             "and resize the training images had.")] = Preprocess.auto,
     explain: Annotated[Optional[Path], typer.Option(
         help="Write a PNG per image here: the image, the 28x28 the model saw, the probabilities.",
         show_default=False)] = None,
@@ -239,7 +240,7 @@ def predict(
                                            explain_dir=explain, on_image=step, on_bad_image=bad.append)
     if as_json:
         document = {"model": str(loaded.path), "dataset": loaded.dataset,
-                    "preprocess": predicting.preprocessing_for(loaded.dataset, preprocess.value),
+                    "preprocess": predicting.preprocessing_for(loaded.info, preprocess.value),
                     "predictions": [result.to_dict() for result in results],
                     "errors": [str(error) for error in bad]}
         typer.echo(json.dumps(document, indent=2))

@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from cnnlab.errors import CnnlabError
 
-DatasetName = Literal["mnist", "fashion_mnist", "xor"]
+DatasetName = Literal["mnist", "fashion_mnist", "xor", "folder", "csv"]
 ActivationName = Literal[
     "linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu",
     "elu", "selu", "gelu", "silu", "swish", "softplus", "softsign", "relu6", "hard_sigmoid",
@@ -146,15 +146,54 @@ class ValidationSection(_Section):
     random_state: int = 777
 
 
+class TestSplitSection(_Section):
+    """The test part of a user's data set that has no fixed one (no test/ folder, no split column):
+    a stratified share, seeded, taken before the validation split and apart from it."""
+
+    size: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    random_state: int = 1234
+
+
+class AugmentSection(_Section):
+    """Random changes to training batches, by Keras' preprocessing layers (never in the saved model).
+
+    rotation: a fraction of a full turn (0.05: up to +-18 degrees), as keras.layers.RandomRotation.
+    translation, zoom: a fraction of the height and width. contrast, brightness: a factor.
+    flip: only for data where a mirrored image keeps its class (not digits).
+    fill_mode: what fills the corners uncovered by a rotation/shift/zoom; auto: black for
+    the built-in sets (their background), reflect for a user's photos.
+    """
+
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    translation: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    fill_mode: Literal["auto", "constant", "reflect", "nearest", "wrap"] = "auto"
+
+
 class DataSection(_Section):
     dataset: DatasetName = "mnist"
-    dir: str | None = None  # default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab/datasets
-    download: bool = True  # fetch a missing data set (never a corrupt one)
+    path: str | None = None  # folder: one sub-folder per class (or train/ and test/); csv: file,label[,split]
+    dir: str | None = None  # built-in sets' files; default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab/datasets
+    download: bool = True  # fetch a missing built-in data set (never a corrupt one)
+    image_size: Size2D | None = None  # [height, width]; default: the data set's own (own data: the first image's)
+    color: Literal["grayscale", "rgb"] | None = None  # default: the data set's own (own data: the first image's)
+    interpolation: Literal["bilinear", "nearest", "bicubic", "area", "lanczos"] = "bilinear"
     scale: Annotated[float, Field(gt=0.0)] = 255.0  # pixels become x / scale
     validation: ValidationSection = ValidationSection()
+    test_split: TestSplitSection = TestSplitSection()  # own data without a fixed test set
     train_samples: PositiveInt | None = None  # use only the first N training images
     test_samples: PositiveInt | None = None  # use only the first N test images
     repeat: PositiveInt = 1  # repeat the training set N times per epoch (tiny sets: xor)
+    augment: AugmentSection | None = None  # null: no augmentation
+    skip_bad_images: bool = False  # own data: leave out files that cannot be read (else an error)
+    cache: bool = True  # own data: keep the decoded images on disk (else decode into memory every run)
+    cache_dir: str | None = None  # default: $CNNLAB_CACHE_DIR, else ~/.cache/cnnlab/images
+    # how `predict` prepares a user's picture: auto = the data set's own (mnist: MNIST's steps,
+    # fashion_mnist: Fashion-MNIST's, own data: none, i.e. the conversion and resize of training)
+    predict_preprocess: Literal["auto", "mnist", "fashion", "none"] = "auto"
 
 
 # --- train --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 
 from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint, make_output_dir
-from cnnlab.data import DATASETS, encode_labels, load_raw
+from cnnlab.data import encode_labels, load, select_test_files
 from cnnlab.model import class_predictions
 
 OUTPUT_DIR = "evaluation"  # inside a run directory
@@ -110,7 +110,7 @@ class Evaluation:
 
 
 def evaluate(target: str | Path, dataset: str | None = None, scale: float | None = None,
-             out: str | Path | None = None, unsafe: bool = False) -> Evaluation:
+             out: str | Path | None = None, unsafe: bool = False, progress=None) -> Evaluation:
     """Evaluate TARGET on its test split and write the results (see the module docstring).
 
     Args:
@@ -119,13 +119,14 @@ def evaluate(target: str | Path, dataset: str | None = None, scale: float | None
         scale: for a bare model file: pixels are divided by this (default 255).
         out: where to write the results (default: `<run>/evaluation/`; nowhere for a bare file).
         unsafe: allow Lambda layers (their code runs on loading).
+        progress: shows the decoding of a user's images, when they are not cached
+            (see `cnnlab.data.cache.Progress`).
     """
     if out is not None:  # before the slow part: a folder we cannot write is found at once
         make_output_dir(out, "--out")
     loaded = load_checkpoint(target, dataset=dataset, scale=scale, unsafe=unsafe)
-    info = DATASETS[loaded.dataset]
-    raw = load_raw(loaded.dataset, loaded.data_dir, test_only=True)
-    images, labels = raw.x_test[: loaded.test_samples], raw.y_test[: loaded.test_samples]
+    info = loaded.info
+    images, labels = test_set(loaded, progress)
     probs = loaded.predict(loaded.prepare(images))
     predicted = class_predictions(probs)
     loss_name = loaded.loss or FALLBACK_LOSS
@@ -136,6 +137,18 @@ def evaluate(target: str | Path, dataset: str | None = None, scale: float | None
         result.out_dir = out_dir
         result.files = _write(result, images if info.is_image else None, out_dir)
     return result
+
+
+def test_set(loaded: LoadedModel, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """The test images (as stored: uint8 pixels) and labels a model is scored on.
+
+    A run's own test split: for a user's folder or CSV, the very files the run was tested on.
+    """
+    where = str(loaded.run_dir or loaded.path)
+    data = load(loaded.data_settings, loaded.info, progress, test_only=True, where=where)
+    if loaded.test_files is not None:
+        data = select_test_files(data, loaded.test_files, where)
+    return data.images[data.test], data.labels[data.test]
 
 
 def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,

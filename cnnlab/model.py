@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.config import Config, did_you_mean, output_units
-from cnnlab.data import DATASETS
+from cnnlab.data import DatasetInfo, describe
 from cnnlab.errors import CnnlabError
 
 _SPATIAL = ("conv2d", "max_pooling2d", "average_pooling2d")
@@ -37,6 +37,7 @@ class LayerPlan:
 class ModelPlan:
     input_shape: tuple[int, ...]
     layers: list[LayerPlan]
+    data: DatasetInfo  # the data set the model is for
 
     @property
     def params(self) -> int:
@@ -47,35 +48,36 @@ class ModelPlan:
         return self.layers[-1].output_shape if self.layers else self.input_shape
 
 
-def input_shape_for(cfg: Config) -> tuple[int, ...]:
+def input_shape_for(cfg: Config, info: DatasetInfo) -> tuple[int, ...]:
     """The shape of one sample as the model takes it.
 
-    Images get a channel axis (28, 28, 1), as conv layers need and Flatten accepts;
+    Images keep their (height, width, channels), as conv layers need and Flatten accepts;
     a model that starts with a dense layer gets flat vectors (784,), as in the
     classic `reshape(60000, 784)` scripts. An `input` layer overrides both.
     """
-    info = DATASETS[cfg.data.dataset]
     first = cfg.model.layers[0]
     if first.type == "input":
         return tuple(first.shape)
-    if not info.is_image:
-        return info.sample_shape
-    if first.type == "dense":
+    if info.is_image and first.type == "dense":
         return (int(np.prod(info.sample_shape)),)
-    return (*info.sample_shape, 1)
+    return info.sample_shape
 
 
 def check_model(cfg: Config, source: str) -> ModelPlan:
-    """Check shapes and the output/loss fit; return every layer's output shape and params."""
-    info = DATASETS[cfg.data.dataset]
-    shape = input_shape_for(cfg)
+    """Check the data, shapes and the output/loss fit; return every layer's output shape and params.
+
+    A user's folder or CSV data set is listed here (not decoded): its classes and image
+    size decide the model's input and output.
+    """
+    info = describe(cfg.data, source)
+    shape = input_shape_for(cfg, info)
     sample_size = int(np.prod(info.sample_shape))
     if int(np.prod(shape)) != sample_size:
         raise CnnlabError(
             f"{source}: model.layers[0].shape: {list(shape)} holds {int(np.prod(shape))} values, "
             f"but a {cfg.data.dataset} sample has {sample_size} ({'x'.join(map(str, info.sample_shape))})."
         )
-    plan = ModelPlan(shape, [])
+    plan = ModelPlan(shape, [], info)
     for index, layer in enumerate(cfg.model.layers):
         if layer.type == "input":
             if index != 0:
@@ -90,7 +92,8 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
         plan.layers.append(LayerPlan(index, layer.type, shape, params))
     _check_output(cfg, plan, source, info.num_classes)
     _check_monitors(cfg, source)
-    _check_sample_counts(cfg, source)
+    _check_sample_counts(cfg, source, info)
+    _check_augment(cfg, source, info)
     return plan
 
 
@@ -156,9 +159,9 @@ def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -
         )
 
 
-def _check_sample_counts(cfg: Config, source: str) -> None:
+def _check_sample_counts(cfg: Config, source: str, info: DatasetInfo) -> None:
     """Subsets the data set can give, and a stratified split that can hold every class on both sides."""
-    data, info = cfg.data, DATASETS[cfg.data.dataset]
+    data = cfg.data
     for key, asked, size, split in (("train_samples", data.train_samples, info.train_size, "training"),
                                     ("test_samples", data.test_samples, info.test_size, "test")):
         if asked is not None and asked > size:
@@ -176,6 +179,19 @@ def _check_sample_counts(cfg: Config, source: str) -> None:
                 f"training, but each side needs one sample of each of the {info.num_classes} classes; "
                 "use more samples, another size, or validation method split or none."
             )
+
+
+def _check_augment(cfg: Config, source: str, info: DatasetInfo) -> None:
+    augment = cfg.data.augment
+    if augment is None:
+        return
+    if not info.is_image:
+        raise CnnlabError(f"{source}: data.augment: {info.name} is not an image data set; leave augment out.")
+    if augment.flip != "none" and info.preprocess == "mnist":
+        raise CnnlabError(
+            f"{source}: data.augment.flip: a mirrored digit is not the same digit (a flipped 2, 3, 7 is no "
+            "digit at all); use flip: none, and rotation, translation or zoom instead."
+        )
 
 
 def _check_monitors(cfg: Config, source: str) -> None:

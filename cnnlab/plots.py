@@ -27,6 +27,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _picture(image):
+    """An image array as matplotlib draws it: (h, w) for one channel, (h, w, 3) uint8 for colour."""
+    import numpy as np
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        return image[..., 0]
+    return np.clip(image, 0, 255).astype(np.uint8) if image.ndim == 3 else image
+
+
 def history_metrics(rows: list[dict]) -> list[str]:
     """Base names of the curves in a history (`loss`, `accuracy`, ...), loss first."""
     names = [key for key in rows[0] if not key.startswith("val_") and key not in ("epoch", "seconds", "learning_rate")]
@@ -190,7 +200,7 @@ def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], pa
     """A gallery of wrong predictions, the most confident first: each image as the model saw it.
 
     Args:
-        images: the data set's raw images, (N, height, width), indexed by `mistakes[i]["index"]`.
+        images: the test images as stored, (N, height, width[, channels]), indexed by `mistakes[i]["index"]`.
         mistakes: dicts with `index`, `true`, `predicted` (class ids) and `confidence`.
         class_names: the data set's class names (digits, or Fashion-MNIST's names).
         path: the PNG to write.
@@ -205,7 +215,7 @@ def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], pa
     for ax in axes.ravel():
         ax.axis("off")
     for ax, item in zip(axes.ravel(), mistakes):
-        ax.imshow(images[item["index"]], cmap="gray", interpolation="nearest")
+        ax.imshow(_picture(images[item["index"]]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         true, said = class_names[item["true"]], class_names[item["predicted"]]
         if named:
             caption = f"true: {true}\nsaid: {said} {item['confidence']:.0%}"
@@ -223,11 +233,11 @@ def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], pa
 
 
 def plot_explanation(original, seen, probs, class_names: tuple[str, ...], path: Path, title: str) -> Path:
-    """Why the model said what it said: the image as given, the 28x28 it saw, the probabilities.
+    """Why the model said what it said: the image as given, the image it saw, the probabilities.
 
     Args:
         original: the image as read (a PIL image, RGB or grey).
-        seen: the (28, 28) image the model was fed, 0..255 before scaling.
+        seen: the image the model was fed, (height, width[, channels]), 0..255 before scaling.
         probs: the model's probability for every class.
         class_names: the data set's class names.
         path: the PNG to write.
@@ -247,7 +257,7 @@ def plot_explanation(original, seen, probs, class_names: tuple[str, ...], path: 
     left.set_title(f"the image ({original.size[0]}x{original.size[1]})", fontsize=10)
     left.set_xticks([])  # no ticks, but the frame: a white page on a white figure needs its edge
     left.set_yticks([])
-    middle.imshow(seen, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    middle.imshow(_picture(seen), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     middle.set_title(f"what the model saw ({seen.shape[1]}x{seen.shape[0]})", fontsize=10)
     middle.set_xticks([])
     middle.set_yticks([])

@@ -26,11 +26,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from cnnlab.checkpoint import make_output_dir
-from cnnlab.data import DATASETS
+from cnnlab.data import IMAGE_SUFFIXES, DatasetInfo
 from cnnlab.errors import CnnlabError
 from cnnlab.preprocess import prepare_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PREPROCESS_CHOICES = ("auto", "mnist", "fashion", "none")
 _BATCH = 64  # images prepared and predicted together
 
@@ -77,13 +76,15 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def preprocessing_for(dataset: str, choice: str) -> str:
-    """The preprocessing style for a model's data set: `auto` picks the data set's own."""
+def preprocessing_for(info: DatasetInfo, choice: str) -> str:
+    """The preprocessing style for a model's data set: `auto` picks the one the run recorded.
+
+    MNIST's steps for digit models, Fashion-MNIST's for Fashion models, and for a user's own
+    data "none": only the conversion and resize the training images had.
+    """
     if choice not in PREPROCESS_CHOICES:
         raise CnnlabError(f"--preprocess {choice}: unknown; use one of {', '.join(PREPROCESS_CHOICES)}.")
-    if choice == "auto":
-        return "fashion" if dataset == "fashion_mnist" else "mnist"
-    return choice
+    return info.preprocess if choice == "auto" else choice
 
 
 def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "auto",
@@ -103,12 +104,12 @@ def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "
             is passed to it as its error and skipped, so one bad file in a folder does not
             cost the others their answers; if None, the first such image raises.
     """
-    if not DATASETS[loaded.dataset].is_image:
+    if not loaded.info.is_image:
         raise CnnlabError(
             f"{loaded.path}: the model was trained on {loaded.dataset}, which is not an image data set; "
             "predict reads images."
         )
-    style = preprocessing_for(loaded.dataset, preprocess)
+    style = preprocessing_for(loaded.info, preprocess)
     if top_k < 1:
         raise CnnlabError(f"--top-k {top_k}: must be at least 1.")
     top_k = min(top_k, len(loaded.class_names))
@@ -121,7 +122,7 @@ def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "
         batch, prepared = [], []
         for path in files[start:start + _BATCH]:
             try:
-                prepared.append(prepare_image(path, style))
+                prepared.append(prepare_image(path, style, loaded.info.spec))
                 batch.append(path)
             except CnnlabError as error:
                 if on_bad_image is None:
@@ -163,11 +164,12 @@ def _explain(prediction: Prediction, original, probs: np.ndarray, names: tuple[s
 
 
 def format_predictions(predictions: list[Prediction]) -> str:
-    """One line per image: the file, the answer, the top-k with percentages."""
+    """One line per image: the file, the answer (its class name, and [class id] where they differ), the top-k."""
     width = max(len(str(p.path)) for p in predictions)
-    name_width = max(len(p.name) for p in predictions)
+    answers = [p.name if p.name == str(p.label) else f"{p.name} [{p.label}]" for p in predictions]
+    name_width = max(len(answer) for answer in answers)
     lines = []
-    for p in predictions:
+    for p, answer in zip(predictions, answers):
         top = ", ".join(f"{name} {prob:.1%}" for _, name, prob in p.top)
-        lines.append(f"{str(p.path):<{width}}  {p.name:<{name_width}}  ({top})")
+        lines.append(f"{str(p.path):<{width}}  {answer:<{name_width}}  ({top})")
     return "\n".join(lines) + "\n"

@@ -53,11 +53,13 @@ _MIN_CONTRAST = 24.0  # grey levels between paper and ink below which an image c
 STYLES = ("mnist", "fashion", "none")
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Read an image file as 8-bit "L" or "RGB", with transparency composited over white.
 
     Pillow's decompression-bomb limit stays on: an image with more pixels than
-    `Image.MAX_IMAGE_PIXELS` is refused before it is decoded.
+    `Image.MAX_IMAGE_PIXELS` is refused before it is decoded. `draft_size` (width, height)
+    lets a JPEG decode at the smallest of 1/2, 1/4, 1/8 of its size that still covers it
+    (a photo that becomes 64x64 need not be decoded at 4000x3000).
     """
     path = Path(path)
     if not path.exists():
@@ -68,7 +70,9 @@ def open_image(path: str | Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                if max(image.size) > WORK_SIDE:
+                if draft_size is not None:
+                    image.draft(image.mode, draft_size)
+                elif max(image.size) > WORK_SIDE:
                     image.draft("RGB", (WORK_SIDE, WORK_SIDE))  # JPEG decodes at a fraction of the size
                 image.load()
                 image = ImageOps.exif_transpose(image)
@@ -304,25 +308,31 @@ def _place_by_mass(digit: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_image(path: str | Path, style: str = "mnist") -> tuple[Image.Image, np.ndarray]:
-    """Read `path` and prepare it: (the image as read, the (28, 28) float32 image for the model).
+def prepare_image(path: str | Path, style: str = "mnist", spec=None) -> tuple[Image.Image, np.ndarray]:
+    """Read `path` and prepare it: (the image as read, the image for the model).
 
     Args:
         path: an image file (PNG, JPG, BMP, GIF, TIFF...).
-        style: "mnist" (digits), "fashion" (Fashion-MNIST products) or "none" (plain resize).
+        style: "mnist" (digits), "fashion" (Fashion-MNIST products) or "none" (only the
+            conversion and resize the training images had).
+        spec: the model's `cnnlab.data.ImageSpec` (size, colour): the MNIST/Fashion steps make a
+            28x28 image, which then gets the same conversion and resize as the training images.
+            None: the (28, 28) float32 image of those steps (or a plain 28x28 resize), as is.
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown preprocessing style {style!r}; expected one of {STYLES}")
+    if style == "none":
+        image = open_image(path, draft_size=spec.draft_size if spec is not None else None)
+        return image, spec.apply(image) if spec is not None else plain_resize(gray_array(image))
     image = open_image(path)
     gray = gray_array(image)
     try:
-        if style == "mnist":
-            return image, mnist_style(gray)
-        if style == "fashion":
-            return image, fashion_style(gray)
+        seen = mnist_style(gray) if style == "mnist" else fashion_style(gray)
     except _Blank:
         raise CnnlabError(
             f"{path}: found no ink: the image is blank (a single grey level, or contrast below "
             f"{_MIN_CONTRAST:.0f} grey levels); use --preprocess none to feed it as it is."
         ) from None
-    if style == "none":
-        return image, plain_resize(gray)
-    raise ValueError(f"unknown preprocessing style {style!r}; expected one of {STYLES}")
+    if spec is None:
+        return image, seen
+    return image, spec.apply(Image.fromarray(np.clip(np.round(seen), 0, 255).astype(np.uint8), "L"))

@@ -4,6 +4,8 @@
       config.yaml        the resolved config (every default filled in)
       run.json           status (running | completed | interrupted | failed), times, epochs done
       environment.json   Python, TensorFlow, Keras versions; the device trained on
+      data.json          the data: classes (names), image size and colour, scale, sample counts,
+                         how predict prepares a picture, the test images of a user's data set
       summary.txt        Keras' layer table with output shapes and parameter counts
       best.keras         the best checkpoint (by train.checkpoint.monitor)
       history.csv/.json  one row per epoch: loss, metrics, val_*, learning rate, seconds
@@ -41,6 +43,7 @@ BEST = "best.keras"
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 METRICS = "metrics.json"
+DATA = "data.json"
 RESUME_STATE = "resume/state.keras"
 
 

@@ -29,7 +29,9 @@ import numpy as np
 
 from cnnlab import rundir
 from cnnlab.config import Config, read_yaml_mapping, validate_config
-from cnnlab.data import RawData, Splits, epoch_batches, load_raw, prepare
+from cnnlab.data import ImageData, Splits, data_record, load, prepare
+from cnnlab.data.cache import Progress
+from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
 from cnnlab.model import ModelPlan, build_model, check_model, class_predictions, summary_text
 from cnnlab.plots import plot_history
@@ -45,10 +47,13 @@ class TrainResult:
 
 
 def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device: str = "auto",
-          echo: Echo = print) -> TrainResult:
-    """Train `cfg` into a new run directory under `runs_dir`."""
+          echo: Echo = print, progress: Progress | None = None) -> TrainResult:
+    """Train `cfg` into a new run directory under `runs_dir`.
+
+    `progress(total, label)` shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
+    """
     plan = check_model(cfg, str(source))
-    raw = load_raw(cfg.data.dataset, cfg.data.dir, cfg.data.download)  # bad data fails before any output
+    data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
     run_dir = rundir.create_run_dir(runs_dir, cfg.name)
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     rundir.write_json(run_dir / rundir.RUN, {
@@ -56,10 +61,11 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         "started": _now(), "epochs_planned": cfg.train.epochs, "epochs_completed": 0,
     })
     echo(f"run directory: {run_dir}")
-    return _fit(cfg, plan, raw, run_dir, device, echo, history=[])
+    return _fit(cfg, plan, data, run_dir, device, echo, history=[])
 
 
-def resume(run_path: str | Path, device: str = "auto", echo: Echo = print) -> TrainResult:
+def resume(run_path: str | Path, device: str = "auto", echo: Echo = print,
+           progress: Progress | None = None) -> TrainResult:
     """Continue an interrupted run from its last finished epoch, in the same directory."""
     run = rundir.open_run(run_path)
     info = run.info()
@@ -74,21 +80,24 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print) -> Tr
     config_path = run.path / rundir.CONFIG
     cfg = validate_config(read_yaml_mapping(config_path), config_path)
     plan = check_model(cfg, str(config_path))
-    raw = load_raw(cfg.data.dataset, cfg.data.dir, cfg.data.download)
+    data = load(cfg.data, plan.data, progress, where=str(config_path))
     history_path = run.path / rundir.HISTORY_JSON
     history = rundir.read_json(history_path)["epochs"] if history_path.exists() else []
     rundir.remove_temporaries(run.path)
     rundir.update_json(run.path / rundir.RUN, status="running", resumed=_now())
     echo(f"resuming {run.path} after epoch {len(history)}")
-    return _fit(cfg, plan, raw, run.path, device, echo, history=history)
+    return _fit(cfg, plan, data, run.path, device, echo, history=history)
 
 
-def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str, echo: Echo,
+def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, device: str, echo: Echo,
          history: list[dict]) -> TrainResult:
     keras, device_name = init_backend(device)
     rundir.write_json(run_dir / rundir.ENVIRONMENT, environment(keras, device_name))
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
-    splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), raw)
+    splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), data)
+    record = data_record(data, splits, cfg.data)
+    rundir.write_json(run_dir / rundir.DATA, record)
+    echo(describe_data(record))
     steps_per_epoch = -(-len(splits.x_train) // cfg.train.batch_size)
     if history:
         model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
@@ -113,7 +122,8 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
         callbacks.append(_one_cycle(keras, cfg.train.lr_schedule, steps_per_epoch, cfg.train.epochs))
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    validation = (splits.x_val, splits.y_val) if splits.x_val is not None else None
+    validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg)) if splits.x_val is not None else None
+    augment = augmentation(keras, cfg.data.augment, plan.data, cfg.data.scale, plan.input_shape, cfg.seed)
     started = time.perf_counter()
     status = "completed"
     try:
@@ -124,7 +134,8 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
                 fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
                                        verbose=1 if sys.stdout.isatty() else 2)
             else:
-                _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history))
+                _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history),
+                         augment=augment)
             stop.check()  # a Ctrl-C after the last batch still counts
     except KeyboardInterrupt:
         status = "interrupted"
@@ -138,27 +149,28 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
         echo(f"resume with: cnnlab train --resume {run_dir}")
         return TrainResult(run_dir, status, {})
 
-    metrics, best_model = score_best(keras, run_dir, splits, cfg)
+    metrics, best_model = score_best(keras, run_dir, splits, cfg, plan.data.class_names)
     metrics.update(_training_summary(cfg, rows, seconds, len(splits.x_train)))
     echo(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
     )
+    per_class = metrics["test_accuracy_per_class"]
+    if len(per_class) <= 20:
+        echo("per class: " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items()))
     metrics.update(_export_for_predict(best_model, run_dir, splits, echo))
     rundir.write_json(run_dir / rundir.METRICS, metrics)
     rundir.update_json(run_dir / rundir.RUN, status="completed", finished=_now(), epochs_completed=len(rows))
     return TrainResult(run_dir, status, metrics)
 
 
-def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int) -> None:
+def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int,
+             augment=None) -> None:
     verbose = 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
     common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
                   callbacks=callbacks, verbose=verbose)
-    if keras.backend.backend() != "tensorflow":
-        model.fit(splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, **common)
-        return
     batches, steps = epoch_batches(
-        splits.x_train, splits.y_train, cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs
+        splits.x_train, splits.y_train, cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs, augment
     )
     model.fit(batches, steps_per_epoch=steps, shuffle=False, **common)
 
@@ -368,15 +380,36 @@ def _csv_value(value) -> str:
     return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def score_best(keras, run_dir: Path, splits: Splits, cfg: Config):
-    """Test loss and accuracy of the best checkpoint as saved on disk, and that model."""
+def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: tuple[str, ...]):
+    """Test loss, accuracy (overall and per class) of the best checkpoint as saved on disk, and that model."""
     best = run_dir / rundir.BEST
     model = keras.saving.load_model(best, compile=True)
-    batch = max(cfg.train.batch_size, 256)
-    results = model.evaluate(splits.x_test, splits.y_test, batch_size=batch, verbose=0, return_dict=True)
-    probs = model.predict(splits.x_test, batch_size=batch, verbose=0)
-    accuracy = float(np.mean(class_predictions(probs) == splits.labels_test))
-    return {"test_loss": float(results["loss"]), "test_accuracy": accuracy, "test_samples": len(splits.x_test)}, model
+    batch = eval_batch(cfg)
+    results = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)
+    probs = model.predict(ordered_batches(splits.x_test, None, batch), verbose=0)
+    right = class_predictions(probs) == splits.labels_test
+    per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
+                 if np.any(splits.labels_test == i)}
+    return {"test_loss": float(results["loss"]), "test_accuracy": float(np.mean(right)),
+            "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, model
+
+
+def eval_batch(cfg: Config) -> int:
+    """The batch size for validation and test scoring: no gradients, so larger batches are faster."""
+    return max(cfg.train.batch_size, 256)
+
+
+def describe_data(record: dict) -> str:
+    """The data line of train's report: data set, classes with their names, image format, sample counts."""
+    classes = record["classes"]
+    names = ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+    where = f" {record['source']}" if record.get("source") else ""
+    image = (f", {record['image_size'][0]}x{record['image_size'][1]} {record['color']}"
+             if record.get("image_size") else "")
+    counts = record["samples"]
+    skipped = f"; {len(record['skipped_files'])} unreadable files skipped" if record.get("skipped_files") else ""
+    return (f"data: {record['dataset']}{where}{image}; {len(classes)} classes: {names}; "
+            f"{counts['train']:,} training, {counts['validation']:,} validation, {counts['test']:,} test samples{skipped}")
 
 
 def _export_for_predict(model, run_dir: Path, splits: Splits, echo: Echo) -> dict:

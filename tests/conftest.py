@@ -45,9 +45,10 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared not fou
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """Tests never download: a missing file must be an error."""
+def _offline(monkeypatch, tmp_path_factory):
+    """Tests never download (a missing file must be an error) and never write to ~/.cache."""
     monkeypatch.setenv("CNNLAB_OFFLINE", "1")
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.mktemp("image-cache")))
     if DATA_DIR is not None:
         monkeypatch.setenv("CNNLAB_DATA_DIR", str(DATA_DIR))
 

@@ -68,7 +68,7 @@ def test_a_run_directory_brings_its_checkpoint_dataset_and_scale(tmp_path):
     run = make_run(tmp_path, dataset="fashion_mnist", scale=1.0, test_samples=500)
     loaded = load_checkpoint(run)
     assert loaded.path == run / "best.keras" and loaded.run_dir == run and loaded.kind.startswith("cnnlab run")
-    assert (loaded.dataset, loaded.scale, loaded.test_samples) == ("fashion_mnist", 1.0, 500)
+    assert (loaded.dataset, loaded.scale, loaded.data_settings.test_samples) == ("fashion_mnist", 1.0, 500)
     assert loaded.class_names[9] == "Ankle boot"
     # a model file inside a run directory knows its data too
     assert load_checkpoint(run / "best.keras").dataset == "fashion_mnist"

@@ -97,7 +97,8 @@ def test_prepare_scales_shapes_and_one_hots():
     cfg = validate_config(data, "test")
     splits = prepare(cfg, (784,), one_hot=cfg.one_hot_labels())
     assert splits.x_train.shape == (7500, 784) and splits.x_val.shape == (2500, 784)
-    assert splits.x_train.dtype == np.float32 and 0.99 < splits.x_train.max() <= 1.0
+    x_train = np.asarray(splits.x_train)  # read and scaled batch by batch; here all at once
+    assert x_train.dtype == np.float32 and 0.99 < x_train.max() <= 1.0
     assert splits.y_train.shape == (7500, 10) and splits.labels_test.shape == (2000,)
     assert splits.x_test.shape == (2000, 784)
 

@@ -23,6 +23,7 @@ from cnnlab.cli import app, main
 
 from conftest import DATA_DIR, REPO, needs_data, small_dnn
 from test_checkpoint import save_model
+from test_own_data import shapes_config, write_shapes_folder
 from test_preprocess import _png_header, draw_digit
 
 
@@ -109,6 +110,14 @@ CONFIG_CASES = [
      ["data.train_samples", "70000", "60,000"]),
     ("stratified split too small for the classes", lambda d: d["data"].update(train_samples=15), [],
      ["data.validation", "15 samples", "10 classes"]),
+    ("flipping digits", lambda d: d["data"].update(augment={"flip": "horizontal"}), [],
+     ["data.augment.flip", "mirrored digit"]),
+    ("augment rotation of a whole turn", lambda d: d["data"].update(augment={"rotation": 2}), [],
+     ["data.augment.rotation", "0.5"]),
+    ("image size for points", lambda d: d["data"].update(dataset="xor", image_size=[8, 8], validation={"method": "none"}),
+     ["--set", "train.checkpoint.monitor=loss"], ["data.image_size", "xor is not an image data set"]),
+    ("folder without a path", lambda d: d["data"].update(dataset="folder"), [], ["data.path", "needs a path"]),
+    ("unknown colour", lambda d: d["data"].update(color="rbg"), [], ["data.color", "did you mean 'rgb'"]),
 ]
 
 
@@ -144,6 +153,97 @@ def test_config_file_mistakes(runner, tmp_path, content, words):
         path.write_text(content)
     message = _assert_user_error(runner, ["train", str(path)], words)
     assert str(path) in message
+
+
+def _shapes(tmp: Path, per_class: int = 4) -> Path:
+    return write_shapes_folder(tmp / "shapes", per_class=per_class)
+
+
+def _csv(tmp: Path, text: str) -> Path:
+    folder = _shapes(tmp)
+    path = tmp / "labels.csv"
+    path.write_text(text.format(circle=sorted(p.name for p in (folder / "circle").iterdir())[0],
+                                square=sorted(p.name for p in (folder / "square").iterdir())[0]))
+    return path
+
+
+def _link_loop(tmp: Path) -> Path:
+    folder = _shapes(tmp)
+    os.symlink(folder / "circle", folder / "circle" / "again")
+    return folder
+
+
+def _same_picture_twice(tmp: Path) -> Path:
+    folder = _shapes(tmp)
+    shutil.copy(folder / "circle" / "circle001.png", folder / "square" / "circle001.png")
+    return folder
+
+
+def _split_folders(tmp: Path, test_class: str = "circle", extra: str | None = None) -> Path:
+    folder = write_shapes_folder(tmp / "split", per_class=4, test_per_class=2)
+    if test_class != "circle":
+        (folder / "test" / "circle").rename(folder / "test" / test_class)
+    if extra:
+        (folder / extra).mkdir()
+    return folder
+
+
+def _one_class_per_image(tmp: Path) -> Path:
+    folder = _shapes(tmp, per_class=20)
+    for extra in sorted((folder / "triangle").iterdir())[1:]:
+        extra.unlink()
+    return folder
+
+
+# (id, makes the data set in a folder and returns (dataset, path), words); each trained with shapes_config
+OWN_DATA_CASES = [
+    ("path that does not exist", lambda t: ("folder", t / "nowhere"), ["data.path", "nowhere", "does not exist"]),
+    ("a file as the folder", lambda t: ("folder", _write(t / "x.txt", "hi")), ["x.txt", "is a file", "dataset: csv"]),
+    ("one class", lambda t: ("folder", shutil.rmtree(_shapes(t) / "square") or shutil.rmtree(t / "shapes" / "triangle")
+                             or t / "shapes"), ["only one class folder (circle)", "at least two"]),
+    ("empty class folder", lambda t: ("folder", (_shapes(t) / "star").mkdir() or t / "shapes"),
+     ["shapes/star", "holds no images"]),
+    ("class folder of text files", lambda t: ("folder", (_shapes(t) / "star").mkdir() or _write(t / "shapes" / "star" / "a.txt", "x")
+                                              and t / "shapes"), ["shapes/star", "holds no images"]),
+    ("no images at all", lambda t: ("folder", (t / "none").mkdir() or t / "none"), ["none", "holds no class folders"]),
+    ("images but no class folders", lambda t: ("folder", (t / "flat").mkdir() or draw_digit().save(t / "flat" / "a.png")
+                                               or t / "flat"), ["flat", "put each class's images in a sub-folder"]),
+    ("a text file named .png", lambda t: ("folder", _write(_shapes(t, 10) / "circle" / "notes.png", "my shapes") and t / "shapes"),
+     ["1 of 31 images cannot be read", "circle/notes.png", "not an image", "data.skip_bad_images"]),
+    ("a truncated image", lambda t: ("folder", _cut(_shapes(t, 10) / "square" / "square001.png") and t / "shapes"),
+     ["1 of 30 images cannot be read", "square/square001.png", "truncated"]),
+    ("the same picture in two classes", lambda t: ("folder", _same_picture_twice(t)),
+     ["circle/circle001.png and square/circle001.png", "same image in two classes"]),
+    ("symbolic link loop", lambda t: ("folder", _link_loop(t)), ["circle/again", "symbolic link loop"]),
+    ("test class without a training class", lambda t: ("folder", _split_folders(t, test_class="star")),
+     ["split/test", "'star'", "no counterpart"]),
+    ("train and test beside class folders", lambda t: ("folder", _split_folders(t, extra="dog")),
+     ["train/ and test/ beside other folders (dog)"]),
+    ("a class too small for a test split", lambda t: ("folder", _one_class_per_image(t)),
+     ["'triangle' has 1 readable image", "at least 2 per class"]),
+    ("CSV without a file column", lambda t: ("csv", _csv(t, "path,label\nshapes/circle/{circle},circle\n")),
+     ["labels.csv", "no 'file' column", "columns found: path, label"]),
+    ("CSV with one class", lambda t: ("csv", _csv(t, "file,label\nshapes/circle/{circle},cat\nshapes/square/{square},cat\n")),
+     ["labels.csv", "only one class ('cat')"]),
+    ("CSV naming a missing file", lambda t: ("csv", _csv(t, "file,label\nshapes/circle/{circle},a\nshapes/gone.png,b\n")),
+     ["labels.csv: line 3", "shapes/gone.png does not exist"]),
+    ("CSV listing a file twice", lambda t: ("csv", _csv(t, "file,label\nshapes/circle/{circle},a\nshapes/circle/{circle},b\n")),
+     ["line 3", "listed twice", "line 2"]),
+    ("CSV with a bad split", lambda t: ("csv", _csv(t, "file,label,split\nshapes/circle/{circle},a,val\nshapes/square/{square},b,\n")),
+     ["line 2", "split 'val'", "train or test"]),
+    ("CSV given as a folder", lambda t: ("csv", _shapes(t)), ["is a folder", "dataset: folder"]),
+]
+
+
+@pytest.mark.parametrize("make, words", [case[1:] for case in OWN_DATA_CASES], ids=[case[0] for case in OWN_DATA_CASES])
+def test_own_data_mistakes(runner, tmp_path, make, words):
+    dataset, path = make(tmp_path)
+    data = shapes_config(Path(path))
+    data["data"]["dataset"] = dataset
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    _assert_user_error(runner, ["train", str(config), "--runs-dir", str(tmp_path / "runs")], words)
+    assert not (tmp_path / "runs").exists()  # nothing was started
 
 
 def test_config_is_a_directory(runner, tmp_path):

@@ -128,10 +128,10 @@ def test_a_kill_after_the_history_write_but_before_the_state_replays_that_epoch(
 
     run_fit = training._run_fit
 
-    def fit_then_kill(keras_, model, cfg_, splits, validation, callbacks, first_epoch):
+    def fit_then_kill(keras_, model, cfg_, splits, validation, callbacks, first_epoch, **options):
         killer = KillAfterEpoch2()
         killer.model_run_dir = callbacks[0].run_dir
-        return run_fit(keras_, model, cfg_, splits, validation, [*callbacks, killer], first_epoch)
+        return run_fit(keras_, model, cfg_, splits, validation, [*callbacks, killer], first_epoch, **options)
 
     monkeypatch.setattr(training, "_run_fit", fit_then_kill)
     run_dir = train(cfg, "s", runs_dir=tmp_path / "runs", echo=lambda _: None).run_dir
@@ -169,8 +169,9 @@ def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, mon
             self.epoch = epoch
 
     run_fit = training._run_fit
-    monkeypatch.setattr(training, "_run_fit", lambda keras_, model, cfg_, splits, validation, callbacks, first_epoch:
-                        run_fit(keras_, model, cfg_, splits, validation, [CtrlCDuringEpoch2(), *callbacks], first_epoch))
+    monkeypatch.setattr(training, "_run_fit", lambda keras_, model, cfg_, splits, validation, callbacks, first_epoch, **options:
+                        run_fit(keras_, model, cfg_, splits, validation, [CtrlCDuringEpoch2(), *callbacks], first_epoch,
+                                **options))
     result = train(validate_config(small_dnn(epochs=3), "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
     assert result.status == "interrupted"
     info = json.loads((result.run_dir / "run.json").read_text())

@@ -1,0 +1,204 @@
+"""Decoding once: a folder's images decoded, converted and resized into one array file, reused until a file changes.
+
+    <cache dir>/<key>/            key: a hash of the data set's path and its ImageSpec
+      images.npy                  (files, height, width, channels) uint8, one row per file of the
+                                  manifest in its order (a file that cannot be read: a row of zeros)
+      index.json                  every file's name, size and mtime; the spec; the unreadable files
+
+The cache is used only when every file's name, size and modification time and the spec are
+what index.json says; any change decodes the folder again (with a progress bar over the
+files) and replaces the entry atomically, so one entry per folder and image size is kept.
+Training reads the array a batch of rows at a time (`RowFile`), never whole and never
+memory-mapped, so memory does not grow with the number of images.
+
+The cache directory is `data.cache_dir`, else `$CNNLAB_CACHE_DIR`, else ~/.cache/cnnlab/images.
+
+Example:
+    images, bad = decoded_images(manifest, ImageSpec(64, 64, "rgb"), cache_root(None))
+    images[[0, 5, 7]].shape  # (3, 64, 64, 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import numpy as np
+
+from cnnlab.data.files import Manifest
+from cnnlab.data.spec import ImageSpec
+from cnnlab.errors import CnnlabError
+
+CACHE_ENV = "CNNLAB_CACHE_DIR"
+FORMAT = 1  # bumped when the files' layout or the decoding changes
+_CHUNK = 256  # files decoded between two progress updates
+
+# progress(total, label) -> a context manager yielding update(n): e.g. a progress bar on stderr
+Progress = Callable[[int, str], ContextManager[Callable[[int], None]]]
+
+
+def cache_root(configured: str | None) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "cnnlab" / "images"
+
+
+class RowFile:
+    """A `.npy` array on disk whose rows are read on demand, a batch at a time.
+
+    `rows[indices]` and `rows[start:stop]` return NumPy arrays; nothing else is kept in memory.
+    Reads use `os.pread`, so threads (tf.data's parallel calls) can share one file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(handle)
+            self._offset = handle.tell()
+        if fortran:
+            raise ValueError(f"{path}: a Fortran-ordered array")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, which) -> np.ndarray:
+        if isinstance(which, slice):
+            start, stop, step = which.indices(len(self))
+            if step == 1:
+                count = max(0, stop - start)
+                blob = os.pread(self._fd, count * self._row, self._offset + start * self._row)
+                return np.frombuffer(blob, self.dtype).reshape((count, *self.shape[1:])).copy()
+            which = np.arange(start, stop, step)
+        rows = np.asarray(which, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        for j in np.argsort(rows, kind="stable"):  # in file order: the disk reads ahead
+            blob = os.pread(self._fd, self._row, self._offset + int(rows[j]) * self._row)
+            out[j] = np.frombuffer(blob, self.dtype).reshape(self.shape[1:])
+        return out
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
+def decoded_images(manifest: Manifest, spec: ImageSpec, root: Path, progress: Progress | None = None,
+                   use_cache: bool = True) -> tuple[RowFile | np.ndarray, dict[int, str]]:
+    """Every file of `manifest` decoded as `spec` says: (the images, {row: why it cannot be read}).
+
+    With `use_cache`, the images come from (or go to) the cache under `root`; without it,
+    they are decoded into memory.
+    """
+    fingerprint = _fingerprint(manifest)
+    if not use_cache:
+        images = np.zeros((len(manifest.files), *spec.shape), np.uint8)
+        bad = _decode_all(manifest, spec, progress, lambda i, row: images.__setitem__(i, row))
+        return images, bad
+    slot = root / _key(manifest, spec)
+    cached = _read_index(slot)
+    if cached is not None and cached["spec"] == spec.to_dict() and cached["files"] == fingerprint:
+        return RowFile(slot / "images.npy"), {int(i): why for i, why in cached["bad"].items()}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+    except OSError as exc:
+        raise CnnlabError(
+            f"{root}: cannot write the decoded-image cache ({exc.strerror}); set data.cache_dir to a "
+            "writable folder, or data.cache: false to decode into memory."
+        ) from None
+    try:
+        with open(building / "images.npy", "wb") as handle:
+            shape = (len(manifest.files), *spec.shape)
+            np.lib.format.write_array_header_1_0(
+                handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                         "shape": shape})
+            bad = _decode_all(manifest, spec, progress, lambda i, row: handle.write(row.tobytes()))
+        index = {"format": FORMAT, "source": str(manifest.source.resolve()), "spec": spec.to_dict(),
+                 "files": fingerprint, "bad": {str(i): why for i, why in bad.items()}}
+        (building / "index.json").write_text(json.dumps(index))
+        if slot.exists():
+            shutil.rmtree(slot, ignore_errors=True)
+        os.replace(building, slot)
+    except OSError as exc:
+        raise CnnlabError(f"{root}: cannot write the decoded-image cache ({exc.strerror}).") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return RowFile(slot / "images.npy"), bad
+
+
+def decode_file(path: Path, spec: ImageSpec) -> np.ndarray:
+    """One image file as `spec` makes it: (height, width, channels) uint8. A CnnlabError if unreadable."""
+    from cnnlab.preprocess import open_image
+
+    return spec.apply(open_image(path, draft_size=spec.draft_size))  # as predict prepares a picture
+
+
+def _decode_all(manifest: Manifest, spec: ImageSpec, progress: Progress | None, put) -> dict[int, str]:
+    """Decode every file in order on all cores, handing each row to `put(index, row)`."""
+    blank = np.zeros(spec.shape, np.uint8)
+    bad: dict[int, str] = {}
+
+    def one(index: int):
+        try:
+            return decode_file(manifest.path(index), spec), None
+        except CnnlabError as exc:
+            return blank, _reason(exc, manifest.path(index))
+
+    total = len(manifest.files)
+    bar = progress(total, f"decoding {total:,} images") if progress else nullcontext(lambda n: None)
+    with bar as update, ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, total, _CHUNK):
+            indices = range(start, min(total, start + _CHUNK))
+            for index, (row, why) in zip(indices, pool.map(one, indices)):
+                put(index, row)
+                if why is not None:
+                    bad[index] = why
+            update(len(indices))
+    return bad
+
+
+def _reason(error: CnnlabError, path: Path) -> str:
+    """The short why of an image error: "is an empty file", "cannot read the image (truncated...)"."""
+    text = str(error).removeprefix(f"{path}: ")
+    return text.split(";")[0].rstrip(".")
+
+
+def _fingerprint(manifest: Manifest) -> list[list]:
+    rows = []
+    for relative in manifest.files:
+        try:
+            stat = (manifest.root / relative).stat()
+            rows.append([relative, stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            rows.append([relative, -1, 0])  # a broken link: unreadable; mending it changes this row
+    return rows
+
+
+def _key(manifest: Manifest, spec: ImageSpec) -> str:
+    what = json.dumps([FORMAT, str(manifest.source.resolve()), spec.to_dict()], sort_keys=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in manifest.source.name[:40])
+    return f"{name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+
+
+def _read_index(slot: Path) -> dict | None:
+    try:
+        index = json.loads((slot / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("format") != FORMAT or not (slot / "images.npy").is_file():
+        return None
+    return index
