@@ -11,7 +11,7 @@ export CNNLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
 endif
 CONFIG ?= configs/cnn.yaml
 
-.PHONY: install train test bench clean
+.PHONY: install train test bench clean example-data
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 train: install
 	$(BIN)/cnnlab train $(CONFIG)
+
+# the small folder data set of configs/folder_example.yaml (git-ignored)
+example-data: install
+	$(BIN)/python examples/make_shapes.py examples/shapes
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -81,12 +81,13 @@ def train(
         if resume is not None:
             if config is not None or overrides:
                 raise CnnlabError("--resume takes no CONFIG or --set: the run keeps the config it started with.")
-            result = training.resume(resume, device=device.value, echo=typer.echo)
+            result = training.resume(resume, device=device.value, echo=typer.echo, progress=_progress)
         else:
             if config is None:
                 raise CnnlabError("missing CONFIG: give a YAML file, e.g. `cnnlab train configs/cnn.yaml`.")
             cfg = load_config(config, overrides or [])
-            result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo)
+            result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo,
+                                    progress=_progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.status == "interrupted":
@@ -205,7 +206,8 @@ def evaluate(
     """Score a model on its test split: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
     from cnnlab.evaluate import evaluate as evaluate_model
 
-    result = evaluate_model(target, dataset=dataset and dataset.value, scale=scale, out=out, unsafe=unsafe)
+    result = evaluate_model(target, dataset=dataset and dataset.value, scale=scale, out=out, unsafe=unsafe,
+                            progress=_progress)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report(), nl=as_json)
 
 

@@ -395,9 +395,10 @@ def _assert_user_error(runner, args, words) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    # status lines may come first ("decoding 30 images"); the error is one line, the last
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for word in words:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+        assert word in errors[0], f"{word!r} not in {errors[0]!r}"
     assert "Traceback" not in result.output
-    return lines[0]
+    return errors[0]

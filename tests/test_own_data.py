@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cnnlab.cli import app
 from cnnlab.config import validate_config
@@ -23,10 +24,12 @@ from cnnlab.data import describe, load, prepare
 from cnnlab.data.cache import RowFile, decoded_images
 from cnnlab.data.files import scan
 
-from conftest import DATA_DIR, needs_data
+from conftest import DATA_DIR, REPO, needs_data
+
+sys.path.insert(0, str(REPO / "examples"))
+from make_shapes import SHAPES, draw_shape, write_shapes_folder  # noqa: E402  (the script users run too)
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-SHAPES = ("circle", "square", "triangle")
 
 
 def write_digit_folder(folder: Path, per_class: int, start: int = 0) -> Path:
@@ -41,54 +44,11 @@ def write_digit_folder(folder: Path, per_class: int, start: int = 0) -> Path:
     return folder
 
 
-def draw_shape(kind: str, rng: np.random.Generator, size: int = 40) -> Image.Image:
-    """A filled circle, square or triangle of a random colour, size and place on a random pale background."""
-    background = tuple(int(v) for v in rng.integers(150, 256, 3))
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    colour = tuple(int(v) for v in rng.integers(0, 110, 3))
-    half = int(rng.integers(size // 4, size // 3 + 1))
-    cx, cy = (int(v) for v in rng.integers(half + 1, size - half - 1, 2))
-    if kind == "circle":
-        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=colour)
-    elif kind == "square":
-        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=colour)
-    else:
-        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=colour)
-    return image
-
-
-def write_shapes_folder(folder: Path, per_class: int, seed: int = 0, test_per_class: int = 0) -> Path:
-    """Coloured shapes as PNG/JPG files of mixed sizes in <folder>/<shape>/ (and <folder>/test/<shape>/)."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", per_class), ("test", test_per_class)):
-        if not count:
-            continue
-        for kind in SHAPES:
-            target = folder / split / kind if test_per_class else folder / kind
-            target.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                image = draw_shape(kind, rng, size=int(rng.choice([32, 40, 56])))
-                image.save(target / (f"{kind}{i:03d}.jpg" if i % 4 == 0 else f"{kind}{i:03d}.png"), quality=95)
-    return folder
-
-
 def shapes_config(folder: Path, **data) -> dict:
-    return {
-        "name": "shapes", "seed": 3,
-        "data": {"dataset": "folder", "path": str(folder), "image_size": [32, 32], "color": "rgb",
-                 "validation": {"method": "stratified", "size": 0.2}, **data},
-        "model": {"layers": [
-            {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same", "activation": "relu"},
-            {"type": "max_pooling2d", "pool_size": 2},
-            {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"},
-            {"type": "max_pooling2d", "pool_size": 2},
-            {"type": "flatten"},
-            {"type": "dense", "units": 32, "activation": "relu"},
-            {"type": "dense", "units": 3, "activation": "softmax"},
-        ]},
-        "train": {"epochs": 12, "batch_size": 16, "optimizer": {"name": "adam", "learning_rate": 0.003}},
-    }
+    """configs/folder_example.yaml, pointed at `folder`, with `data` keys changed."""
+    config = yaml.safe_load((REPO / "configs" / "folder_example.yaml").read_text())
+    config["data"].update(path=str(folder), **data)
+    return config
 
 
 def _train(runner, tmp_path, data: dict, *args) -> Path:
