@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab import rundir
+from cnnlab.config import Loss
 from cnnlab.data import DATASETS
 from cnnlab.errors import CnnlabError
 from cnnlab.export import TFLITE, LiteModel
@@ -51,6 +52,11 @@ _KNOWN_LOSSES = (
     "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
     "mse", "mean_squared_error", "mae", "mean_absolute_error",
 )
+_LOSS_CLASSES = {  # a loss object in a file's compile config, by its Keras class
+    "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+    "CategoricalCrossentropy": "categorical_crossentropy", "BinaryCrossentropy": "binary_crossentropy",
+    "MeanSquaredError": "mse", "MeanAbsoluteError": "mae",
+}
 
 
 @dataclass
@@ -64,7 +70,8 @@ class LoadedModel:
         dataset: the data set the model reads (`mnist`, `fashion_mnist`, ...).
         scale: pixels are divided by this, as in training.
         input_shape: one sample as the model takes it, e.g. (28, 28, 1) or (784,).
-        loss: the loss the model was trained with, where the file or run says it.
+        loss: the loss the model was trained with (name, label smoothing, from_logits), where
+            the file or run says it.
         run_dir: the run directory, for a cnnlab run (results go there).
         test_samples: how many test images the run was scored on (None: all).
         data_dir: where the data set's files are (the run's `data.dir`; None: the default).
@@ -76,7 +83,7 @@ class LoadedModel:
     dataset: str
     scale: float
     input_shape: tuple[int, ...]
-    loss: str | None = None
+    loss: Loss | None = None
     run_dir: Path | None = None
     test_samples: int | None = None
     data_dir: str | None = None
@@ -93,16 +100,22 @@ class LoadedModel:
         return x.reshape((len(x), *self.input_shape))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities, (N, classes); a model that outputs logits gets a softmax."""
-        if isinstance(self.model, LiteModel):
-            return np.asarray(self.model.predict(x), dtype=np.float64)
-        import keras
+        """Class probabilities, (N, classes); a model that outputs logits gets a softmax.
 
-        if len(x) <= batch_size:  # one eager call: no graph to trace for a few images
-            probs = keras.ops.convert_to_numpy(self.model(x, training=False))
-        else:  # Keras' compiled loop: about twice as fast on a whole test set
-            probs = self.model.predict(x, batch_size=batch_size, verbose=0)
+        A single unit trained on a logit (`from_logits: true`) gets a sigmoid.
+        """
+        if isinstance(self.model, LiteModel):
+            probs = self.model.predict(x)
+        else:
+            import keras
+
+            if len(x) <= batch_size:  # one eager call: no graph to trace for a few images
+                probs = keras.ops.convert_to_numpy(self.model(x, training=False))
+            else:  # Keras' compiled loop: about twice as fast on a whole test set
+                probs = self.model.predict(x, batch_size=batch_size, verbose=0)
         probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape[-1] == 1 and self.loss is not None and self.loss.from_logits:
+            return 1.0 / (1.0 + np.exp(-probs))
         if probs.shape[-1] > 1 and not _are_probabilities(probs):
             shifted = np.exp(probs - probs.max(axis=-1, keepdims=True))
             probs = shifted / shifted.sum(axis=-1, keepdims=True)
@@ -237,7 +250,7 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
         except (OSError, ValueError) as exc:
             raise CnnlabError(f"{path}: cannot read the .keras file ({exc}).") from None
         compiled = (config.get("compile_config") if isinstance(config, dict) else None) or {}
-        return _as_model_config(config, path), metadata.get("keras_version"), _loss_name(compiled.get("loss"))
+        return _as_model_config(config, path), metadata.get("keras_version"), _file_loss(compiled.get("loss"))
     import h5py
 
     try:
@@ -257,7 +270,7 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
     except (ValueError, UnicodeDecodeError):
         raise CnnlabError(f"{path}: the model_config in the file is not valid JSON (corrupt file).") from None
     version = attrs.get("keras_version")
-    return _as_model_config(config, path), _text(version) if version is not None else None, _loss_name(training.get("loss"))
+    return _as_model_config(config, path), _text(version) if version is not None else None, _file_loss(training.get("loss"))
 
 
 def _text(value) -> str:
@@ -270,8 +283,18 @@ def _as_model_config(config, path: Path) -> dict:
     return config
 
 
-def _loss_name(loss) -> str | None:
-    return loss if isinstance(loss, str) and loss in _KNOWN_LOSSES else None
+def _file_loss(loss) -> Loss | None:
+    """The loss a file's compile config names: a string, or a serialised Keras loss object."""
+    if isinstance(loss, str):
+        return Loss(name=loss) if loss in _KNOWN_LOSSES else None
+    if not isinstance(loss, dict) or loss.get("class_name") not in _LOSS_CLASSES:
+        return None
+    options = loss.get("config") if isinstance(loss.get("config"), dict) else {}
+    name = _LOSS_CLASSES[loss["class_name"]]
+    try:
+        return Loss(name=name, **{key: options[key] for key in ("label_smoothing", "from_logits") if key in options})
+    except ValueError:  # options this cnnlab cannot represent: the loss is then unknown
+        return None
 
 
 def _lambda_layers(config) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from cnnlab import rundir
+from cnnlab.compile import compile_model, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, read_yaml_mapping, validate_config
 from cnnlab.data import RawData, Splits, epoch_batches, load_raw, prepare
 from cnnlab.errors import CnnlabError
@@ -99,7 +100,7 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
             keras.utils.set_random_seed(cfg.seed + done)
     else:
         model = build_model(cfg, plan.input_shape)
-        model.compile(optimizer=make_optimizer(keras, cfg), loss=cfg.train.loss, metrics=list(cfg.train.metrics))
+        compile_model(keras, model, cfg, steps_per_epoch)
     summary = summary_text(model)
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     echo(summary)
@@ -109,8 +110,7 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     callbacks = [recorder]
     if cfg.train.early_stopping is not None:
         callbacks.append(_early_stopping(keras, cfg, history))
-    if cfg.train.lr_schedule is not None:
-        callbacks.append(_one_cycle(keras, cfg.train.lr_schedule, steps_per_epoch, cfg.train.epochs))
+    callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     validation = (splits.x_val, splits.y_val) if splits.x_val is not None else None
@@ -122,7 +122,7 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
                 from cnnlab.tape import fit_with_gradient_tape
 
                 fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
-                                       verbose=1 if sys.stdout.isatty() else 2)
+                                       verbose=_verbose(cfg))
             else:
                 _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history))
             stop.check()  # a Ctrl-C after the last batch still counts
@@ -151,9 +151,8 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
 
 
 def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int) -> None:
-    verbose = 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
     common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=_verbose(cfg))
     if keras.backend.backend() != "tensorflow":
         model.fit(splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, **common)
         return
@@ -161,6 +160,12 @@ def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, f
         splits.x_train, splits.y_train, cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs
     )
     model.fit(batches, steps_per_epoch=steps, shuffle=False, **common)
+
+
+def _verbose(cfg: Config) -> int:
+    if cfg.train.verbose != "auto":
+        return cfg.train.verbose
+    return 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
 
 
 def init_backend(device: str):
@@ -203,28 +208,6 @@ def environment(keras, device_name: str) -> dict:
     }
 
 
-def make_optimizer(keras, cfg: Config):
-    opt = cfg.train.optimizer
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=opt.learning_rate, momentum=opt.momentum, nesterov=opt.nesterov)
-    if opt.name == "adam":
-        return keras.optimizers.Adam(
-            learning_rate=opt.learning_rate, beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon
-        )
-    if opt.name == "adagrad":
-        return keras.optimizers.Adagrad(learning_rate=opt.learning_rate)
-    if opt.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=opt.learning_rate, rho=opt.rho, momentum=opt.momentum)
-    raise AssertionError(f"no optimizer for {opt.name!r}")
-
-
-def monitor_mode(monitor: str, mode: str) -> str:
-    """'max' or 'min', as Keras decides for mode='auto': accuracies go up, the rest down."""
-    if mode != "auto":
-        return mode
-    return "max" if "acc" in monitor or monitor.endswith("auc") else "min"
-
-
 def _early_stopping(keras, cfg: Config, history: list[dict]):
     es = cfg.train.early_stopping
     mode = monitor_mode(es.monitor, es.mode)
@@ -244,32 +227,6 @@ def _early_stopping(keras, cfg: Config, history: list[dict]):
         monitor=es.monitor, mode=mode, patience=es.patience,
         min_delta=es.min_delta, restore_best_weights=es.restore_best_weights,
     )
-
-
-def one_cycle_rate(step: int, total_steps: int, max_rate: float, warmup_fraction: float) -> float:
-    """The one-cycle learning rate at `step` (0-based) of `total_steps`."""
-    start, end = max_rate / 25.0, max_rate / 1e4
-    warmup = max(1, int(total_steps * warmup_fraction))
-    if step < warmup:
-        return start + (max_rate - start) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
-    return end + (max_rate - end) * 0.5 * (1.0 + np.cos(np.pi * progress))
-
-
-def _one_cycle(keras, schedule, steps_per_epoch: int, epochs: int):
-    """Sets the learning rate before every batch; the step comes from the epoch, so resuming works."""
-
-    class OneCycle(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch, logs=None):
-            step = self.epoch * steps_per_epoch + batch
-            self.model.optimizer.learning_rate = one_cycle_rate(
-                step, steps_per_epoch * epochs, schedule.max_learning_rate, schedule.warmup_fraction
-            )
-
-    return OneCycle()
 
 
 class StopRequest:
@@ -375,7 +332,7 @@ def score_best(keras, run_dir: Path, splits: Splits, cfg: Config):
     batch = max(cfg.train.batch_size, 256)
     results = model.evaluate(splits.x_test, splits.y_test, batch_size=batch, verbose=0, return_dict=True)
     probs = model.predict(splits.x_test, batch_size=batch, verbose=0)
-    accuracy = float(np.mean(class_predictions(probs) == splits.labels_test))
+    accuracy = float(np.mean(class_predictions(probs, logits=cfg.train.loss.from_logits) == splits.labels_test))
     return {"test_loss": float(results["loss"]), "test_accuracy": accuracy, "test_samples": len(splits.x_test)}, model
 
 
