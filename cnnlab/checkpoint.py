@@ -35,15 +35,17 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnnlab import rundir
-from cnnlab.config import Loss
 from cnnlab.data import DATASETS
 from cnnlab.errors import CnnlabError
 from cnnlab.export import TFLITE, LiteModel
+
+if TYPE_CHECKING:
+    from cnnlab.config import Loss
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 DEFAULT_DATASET = "mnist"
@@ -83,7 +85,7 @@ class LoadedModel:
     dataset: str
     scale: float
     input_shape: tuple[int, ...]
-    loss: Loss | None = None
+    loss: "Loss | None" = None
     run_dir: Path | None = None
     test_samples: int | None = None
     data_dir: str | None = None
@@ -285,6 +287,8 @@ def _as_model_config(config, path: Path) -> dict:
 
 def _file_loss(loss) -> Loss | None:
     """The loss a file's compile config names: a string, or a serialised Keras loss object."""
+    from cnnlab.config import Loss  # pydantic: only where a file names its loss (predict stays light)
+
     if isinstance(loss, str):
         return Loss(name=loss) if loss in _KNOWN_LOSSES else None
     if not isinstance(loss, dict) or loss.get("class_name") not in _LOSS_CLASSES:

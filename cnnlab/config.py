@@ -34,7 +34,8 @@ LossName = Literal[
 CROSSENTROPY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy")
 # train.metrics: these names, plus top_K_accuracy for any K (top_k_accuracy alone is K = 5, as in Keras)
 METRIC_NAMES = ("accuracy", "top_k_accuracy", "precision", "recall", "auc", "mse", "mae")
-ONE_HOT_METRICS = ("precision", "recall", "auc")  # Keras compares them with targets of the output's shape
+# Keras compares these with targets of the output's shape (over all classes' outputs, micro-averaged)
+ONE_HOT_METRICS = ("precision", "recall", "auc", "mse", "mae")
 InitializerName = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
     "lecun_uniform", "lecun_normal", "zeros", "ones", "random_normal", "random_uniform",
@@ -460,7 +461,7 @@ class Config(_Section):
         `sparse_*` losses take integers; a single output unit takes a 0/1 column;
         every other loss gets one vector per sample, as Keras' `to_categorical` gives.
         A sparse loss gets one-hot targets too where Keras needs them: with label smoothing
-        and for precision/recall/auc (it then trains with CategoricalCrossentropy).
+        and for precision/recall/auc/mse/mae (it then trains with CategoricalCrossentropy).
         """
         if output_units(self) == 1:
             return False

@@ -140,3 +140,17 @@ def test_a_model_trained_on_logits_predicts_probabilities(tmp_path, runner):
     top = json.loads(shown.stdout)["predictions"][0]["top_k"]
     assert sum(entry["probability"] for entry in top) == pytest.approx(1.0, abs=1e-3)
     assert all(0.0 <= entry["probability"] <= 1.0 for entry in top)
+
+
+@needs_data
+@pytest.mark.parametrize("metrics, monitor", [(["precision", "recall", "auc"], "val_auc"), (["mse"], "val_mse")])
+def test_precision_recall_auc_and_mse_work_with_a_sparse_loss(tmp_path, metrics, monitor):
+    """Keras compares them with one-hot targets (mse on integer labels used to crash mid-fit)."""
+    data = small_dnn(epochs=1, metrics=["accuracy", *metrics], checkpoint={"monitor": monitor})
+    data["data"]["train_samples"] = 2000
+    result = train(validate_config(data, "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
+    (row,) = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    for name in metrics:
+        assert 0.0 < row[f"val_{name}"] < 1.0 and (result.run_dir / f"{name}.png").is_file()
+    assert row.get("val_auc", 1.0) > 0.9 and row.get("val_mse", 0.0) < 0.05  # mse: over 10 one-hot columns
+    assert result.metrics[f"best_{monitor}"] == row[monitor]
