@@ -154,3 +154,17 @@ def test_precision_recall_auc_and_mse_work_with_a_sparse_loss(tmp_path, metrics,
         assert 0.0 < row[f"val_{name}"] < 1.0 and (result.run_dir / f"{name}.png").is_file()
     assert row.get("val_auc", 1.0) > 0.9 and row.get("val_mse", 0.0) < 0.05  # mse: over 10 one-hot columns
     assert result.metrics[f"best_{monitor}"] == row[monitor]
+
+
+@pytest.mark.parametrize("loop", ["fit", "gradient_tape"])
+def test_train_verbose_sets_keras_progress_output(tmp_path, capsys, loop):
+    for verbose, shown in ((0, False), (2, True)):
+        data = small_dnn(loss="categorical_crossentropy", epochs=2, verbose=verbose, loop=loop,
+                         checkpoint={"monitor": "loss"})
+        data["data"] = {"dataset": "xor", "validation": {"method": "none"}, "repeat": 8}
+        data["model"]["layers"] = [{"type": "dense", "units": 4, "activation": "relu"},
+                                   {"type": "dense", "units": 2, "activation": "softmax"}]
+        capsys.readouterr()
+        train(validate_config(data, "x"), "x", runs_dir=tmp_path, echo=lambda _: None)
+        out = capsys.readouterr().out
+        assert ("Epoch 2/2" in out) is shown and (" - loss: " in out) is shown, out
