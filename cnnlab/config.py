@@ -629,7 +629,9 @@ def _describe(error: dict, data: dict) -> str:
         return f"{path}.{tag_key}: unknown {what} {tag!r}{did_you_mean(tag, tags)}; valid: {', '.join(tags)}."
     if kind == "union_tag_not_found":
         tag_key = error["ctx"]["discriminator"].strip("'")
-        return f"{path}: missing `{tag_key}`."
+        union = _UNIONS.get(next((str(part) for part in reversed(loc) if not isinstance(part, int)), ""), ())
+        tags = [tag for cls in union for tag in cls.model_fields[tag_key].annotation.__args__]
+        return f"{path}: missing `{tag_key}`" + (f"; valid: {', '.join(tags)}." if tags else ".")
     if kind == "missing":
         return f"{path}: required field is missing."
     if kind == "literal_error":

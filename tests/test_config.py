@@ -195,6 +195,7 @@ def test_each_schedule_loads_with_its_defaults(write_config, schedule):
     (lambda d: d["train"].update(lr_schedule={"name": "cosine", "warmup_epochs": 1, "warmup_fraction": 0.1}),
      ["train.lr_schedule", "warmup_epochs or warmup_fraction, not both"]),
     (lambda d: d["train"].update(lr_schedule={"name": "step", "factor": 0.5}), ["train.lr_schedule.every_epochs", "missing"]),
+    (lambda d: d["train"].update(lr_schedule={"warmup_epochs": 1}), ["train.lr_schedule: missing `name`", "cosine, exponential"]),
     (lambda d: d["train"].update(loss={"name": "categorical_crossentropy", "smoothing": 0.1}),
      ["train.loss.smoothing", "did you mean 'label_smoothing'"]),
     (lambda d: d["train"].update(loss={"name": "mse", "label_smoothing": 0.1}), ["train.loss", "mse takes no label_smoothing"]),
