@@ -35,7 +35,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from cnnlab.data import DATASETS, DatasetInfo, describe, info_from_record
 from cnnlab.errors import CnnlabError
 from cnnlab.export import TFLITE, LiteModel
 
+if TYPE_CHECKING:
+    from cnnlab.config import Loss
+
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 DEFAULT_DATASET = "mnist"
 DEFAULT_SCALE = 255.0
@@ -51,6 +54,11 @@ _KNOWN_LOSSES = (
     "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
     "mse", "mean_squared_error", "mae", "mean_absolute_error",
 )
+_LOSS_CLASSES = {  # a loss object in a file's compile config, by its Keras class
+    "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+    "CategoricalCrossentropy": "categorical_crossentropy", "BinaryCrossentropy": "binary_crossentropy",
+    "MeanSquaredError": "mse", "MeanAbsoluteError": "mae",
+}
 
 
 @dataclass
@@ -64,7 +72,8 @@ class LoadedModel:
         dataset: the data set the model reads (`mnist`, `fashion_mnist`, `folder`, ...).
         scale: pixels are divided by this, as in training.
         input_shape: one sample as the model takes it, e.g. (28, 28, 1) or (784,).
-        loss: the loss the model was trained with, where the file or run says it.
+        loss: the loss the model was trained with (name, label smoothing, from_logits), where
+            the file or run says it.
         run_dir: the run directory, for a cnnlab run (results go there).
         data_settings: the data section of the run's config (a bare file: the data set's defaults).
         test_files: a run on a user's data set: the test images it was scored on.
@@ -77,7 +86,7 @@ class LoadedModel:
     dataset: str
     scale: float
     input_shape: tuple[int, ...]
-    loss: str | None = None
+    loss: "Loss | None" = None
     run_dir: Path | None = None
     data_settings: Any = None
     test_files: list[str] | None = None
@@ -99,16 +108,22 @@ class LoadedModel:
         return x.reshape((len(x), *self.input_shape))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities, (N, classes); a model that outputs logits gets a softmax."""
-        if isinstance(self.model, LiteModel):
-            return np.asarray(self.model.predict(x), dtype=np.float64)
-        import keras
+        """Class probabilities, (N, classes); a model that outputs logits gets a softmax.
 
-        if len(x) <= batch_size:  # one eager call: no graph to trace for a few images
-            probs = keras.ops.convert_to_numpy(self.model(x, training=False))
-        else:  # Keras' compiled loop: about twice as fast on a whole test set
-            probs = self.model.predict(x, batch_size=batch_size, verbose=0)
+        A single unit trained on a logit (`from_logits: true`) gets a sigmoid.
+        """
+        if isinstance(self.model, LiteModel):
+            probs = self.model.predict(x)
+        else:
+            import keras
+
+            if len(x) <= batch_size:  # one eager call: no graph to trace for a few images
+                probs = keras.ops.convert_to_numpy(self.model(x, training=False))
+            else:  # Keras' compiled loop: about twice as fast on a whole test set
+                probs = self.model.predict(x, batch_size=batch_size, verbose=0)
         probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape[-1] == 1 and self.loss is not None and self.loss.from_logits:
+            return 1.0 / (1.0 + np.exp(-probs))
         if probs.shape[-1] > 1 and not _are_probabilities(probs):
             shifted = np.exp(probs - probs.max(axis=-1, keepdims=True))
             probs = shifted / shifted.sum(axis=-1, keepdims=True)
@@ -263,7 +278,7 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
         except (OSError, ValueError) as exc:
             raise CnnlabError(f"{path}: cannot read the .keras file ({exc}).") from None
         compiled = (config.get("compile_config") if isinstance(config, dict) else None) or {}
-        return _as_model_config(config, path), metadata.get("keras_version"), _loss_name(compiled.get("loss"))
+        return _as_model_config(config, path), metadata.get("keras_version"), _file_loss(compiled.get("loss"))
     import h5py
 
     try:
@@ -283,7 +298,7 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
     except (ValueError, UnicodeDecodeError):
         raise CnnlabError(f"{path}: the model_config in the file is not valid JSON (corrupt file).") from None
     version = attrs.get("keras_version")
-    return _as_model_config(config, path), _text(version) if version is not None else None, _loss_name(training.get("loss"))
+    return _as_model_config(config, path), _text(version) if version is not None else None, _file_loss(training.get("loss"))
 
 
 def _text(value) -> str:
@@ -296,8 +311,20 @@ def _as_model_config(config, path: Path) -> dict:
     return config
 
 
-def _loss_name(loss) -> str | None:
-    return loss if isinstance(loss, str) and loss in _KNOWN_LOSSES else None
+def _file_loss(loss) -> Loss | None:
+    """The loss a file's compile config names: a string, or a serialised Keras loss object."""
+    from cnnlab.config import Loss  # pydantic: only where a file names its loss (predict stays light)
+
+    if isinstance(loss, str):
+        return Loss(name=loss) if loss in _KNOWN_LOSSES else None
+    if not isinstance(loss, dict) or loss.get("class_name") not in _LOSS_CLASSES:
+        return None
+    options = loss.get("config") if isinstance(loss.get("config"), dict) else {}
+    name = _LOSS_CLASSES[loss["class_name"]]
+    try:
+        return Loss(name=name, **{key: options[key] for key in ("label_smoothing", "from_logits") if key in options})
+    except ValueError:  # options this cnnlab cannot represent: the loss is then unknown
+        return None
 
 
 def _lambda_layers(config) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from cnnlab.errors import CnnlabError
@@ -31,7 +31,11 @@ LossName = Literal[
     "sparse_categorical_crossentropy", "categorical_crossentropy",
     "binary_crossentropy", "mse", "mean_squared_error", "mae", "mean_absolute_error",
 ]
-MetricName = Literal["accuracy", "mse", "mae"]
+CROSSENTROPY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy")
+# train.metrics: these names, plus top_K_accuracy for any K (top_k_accuracy alone is K = 5, as in Keras)
+METRIC_NAMES = ("accuracy", "top_k_accuracy", "precision", "recall", "auc", "mse", "mae")
+# Keras compares these with targets of the output's shape (over all classes' outputs, micro-averaged)
+ONE_HOT_METRICS = ("precision", "recall", "auc", "mse", "mae")
 InitializerName = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
     "lecun_uniform", "lecun_normal", "zeros", "ones", "random_normal", "random_uniform",
@@ -75,12 +79,21 @@ class FlattenLayer(_Section):
     type: Literal["flatten"]
 
 
+class Regularizer(_Section):
+    """A penalty on a layer's weights added to the training loss (keras.regularizers):
+    `l1 * sum(|w|) + l2 * sum(w**2)`, e.g. `kernel_regularizer: {l2: 1.0e-4}`."""
+
+    l1: Annotated[float, Field(ge=0.0)] = 0.0
+    l2: Annotated[float, Field(ge=0.0)] = 0.0
+
+
 class DenseLayer(_Section):
     type: Literal["dense"]
     units: PositiveInt
     activation: ActivationName = "linear"
     use_bias: bool = True
     kernel_initializer: InitializerName = "glorot_uniform"
+    kernel_regularizer: Regularizer | None = None
 
 
 class Conv2DLayer(_Section):
@@ -92,6 +105,7 @@ class Conv2DLayer(_Section):
     activation: ActivationName = "linear"
     use_bias: bool = True
     kernel_initializer: InitializerName = "glorot_uniform"
+    kernel_regularizer: Regularizer | None = None
 
 
 class PoolingLayer(_Section):
@@ -199,34 +213,67 @@ class DataSection(_Section):
 # --- train --------------------------------------------------------------------------
 
 
-class SGD(_Section):
+class _Optimizer(_Section):
+    """What every Keras optimizer takes besides its own options.
+
+    weight_decay: decoupled weight decay, `w -= learning_rate * weight_decay * w` each step
+        (Keras applies it to every trainable weight); null: none (adamw: 0.004, as Keras).
+    clipnorm / global_clipnorm: clip each gradient's norm / all gradients' joint norm to this.
+    """
+
+    name: str
+    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001  # with a schedule: its peak (or start)
+    weight_decay: Annotated[float, Field(ge=0.0)] | None = None
+    clipnorm: Annotated[float, Field(gt=0.0)] | None = None
+    global_clipnorm: Annotated[float, Field(gt=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_clipping(self):
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise PydanticCustomError(
+                "one_of", "set clipnorm or global_clipnorm, not both (Keras clips one way at a time)"
+            )
+        return self
+
+
+class SGD(_Optimizer):
     name: Literal["sgd"]
     learning_rate: Annotated[float, Field(gt=0.0)] = 0.01
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     nesterov: bool = False
 
 
-class Adam(_Section):
+class Adam(_Optimizer):
     name: Literal["adam"]
-    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001
     beta_1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta_2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
     epsilon: Annotated[float, Field(gt=0.0)] = 1e-7
 
 
-class Adagrad(_Section):
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), keras.optimizers.AdamW."""
+
+    name: Literal["adamw"]
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.004
+
+
+class Nadam(Adam):
+    """Adam with Nesterov momentum, keras.optimizers.Nadam."""
+
+    name: Literal["nadam"]
+
+
+class Adagrad(_Optimizer):
     name: Literal["adagrad"]
-    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001
 
 
-class RMSprop(_Section):
+class RMSprop(_Optimizer):
     name: Literal["rmsprop"]
-    learning_rate: Annotated[float, Field(gt=0.0)] = 0.001
     rho: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
-Optimizer = Annotated[Union[SGD, Adam, Adagrad, RMSprop], Field(discriminator="name")]
+Optimizer = Annotated[Union[SGD, Adam, AdamW, Nadam, Adagrad, RMSprop], Field(discriminator="name")]
 
 
 CHECKPOINT_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -280,11 +327,154 @@ class OneCycleSchedule(_Section):
     warmup_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
 
 
+def _one_of(section: BaseModel, *keys: str) -> None:
+    given = [key for key in keys if getattr(section, key) is not None]
+    if len(given) > 1:
+        raise PydanticCustomError("one_of", "set {keys}, not both", {"keys": " or ".join(given)})
+
+
+class CosineSchedule(_Section):
+    """keras.optimizers.schedules.CosineDecay, per step: an optional linear warm-up from 0 to the
+    optimizer's learning_rate, then a cosine decay to `alpha` x learning_rate.
+
+    Warm-up and decay are given in epochs (`warmup_epochs: 1`, may be fractional) or as a
+    fraction of all training steps (`warmup_fraction: 0.1`); cnnlab turns them into steps.
+    No decay length: the decay lasts until the last epoch.
+    """
+
+    name: Literal["cosine"]
+    warmup_epochs: Annotated[float, Field(ge=0.0)] | None = None
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    decay_epochs: Annotated[float, Field(gt=0.0)] | None = None
+    decay_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_length_each(self):
+        _one_of(self, "warmup_epochs", "warmup_fraction")
+        _one_of(self, "decay_epochs", "decay_fraction")
+        return self
+
+
+class ExponentialSchedule(_Section):
+    """keras.optimizers.schedules.ExponentialDecay: learning_rate x decay_rate ** (epochs done /
+    decay_epochs), updated every step (in whole multiples of decay_epochs with `staircase`)."""
+
+    name: Literal["exponential"]
+    decay_rate: Annotated[float, Field(gt=0.0, lt=1.0)]
+    decay_epochs: Annotated[float, Field(gt=0.0)] = 1.0
+    staircase: bool = False
+
+
+class StepSchedule(_Section):
+    """The learning rate times `factor` every `every_epochs` epochs
+    (keras.optimizers.schedules.ExponentialDecay with staircase=True)."""
+
+    name: Literal["step"]
+    every_epochs: PositiveInt
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+
+class ReduceOnPlateauSchedule(_Section):
+    """keras.callbacks.ReduceLROnPlateau: when `monitor` has not improved by `min_delta` for
+    `patience` epochs, the learning rate is multiplied by `factor` (not below
+    `min_learning_rate`), then `cooldown` epochs pass before it counts again. Defaults as Keras."""
+
+    name: Literal["reduce_on_plateau"]
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    patience: Annotated[int, Field(ge=0)] = 10
+    min_delta: Annotated[float, Field(ge=0.0)] = 1e-4
+    cooldown: Annotated[int, Field(ge=0)] = 0
+    min_learning_rate: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+LrSchedule = Annotated[
+    Union[OneCycleSchedule, CosineSchedule, ExponentialSchedule, StepSchedule, ReduceOnPlateauSchedule],
+    Field(discriminator="name"),
+]
+
+
+def _named(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value  # `loss: mse` means `{name: mse}`
+
+
+class Loss(_Section):
+    """The training loss: a Keras loss and its options; `loss: NAME` is short for `{name: NAME}`.
+
+    label_smoothing (cross-entropies): targets become (1 - s) x one-hot + s / classes.
+        Keras' SparseCategoricalCrossentropy has no label smoothing, so
+        sparse_categorical_crossentropy with smoothing trains on one-hot targets with
+        CategoricalCrossentropy (the same loss, given the same way).
+    from_logits (cross-entropies): the output layer is linear (raw scores) and the loss applies
+        the softmax (sigmoid for binary_crossentropy) itself; evaluate and predict do the same.
+    """
+
+    name: LossName = "sparse_categorical_crossentropy"
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    from_logits: bool = False
+
+    @model_validator(mode="after")
+    def _options_of_crossentropies(self):
+        if self.name not in CROSSENTROPY_LOSSES and (self.label_smoothing or self.from_logits):
+            raise PydanticCustomError(
+                "loss_option", "{name} takes no label_smoothing or from_logits; they are for {valid}",
+                {"name": self.name, "valid": ", ".join(CROSSENTROPY_LOSSES)},
+            )
+        return self
+
+
+_TOP_K = re.compile(r"top_(\d+)_accuracy")
+
+
+def metric_name(value: Any) -> str:
+    """A metric as its history name: `top_k_accuracy` with k 3 is `top_3_accuracy`."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"name", "k"})
+        if unknown:
+            raise PydanticCustomError("metric", "unknown key {key} in a metric; a metric has a name and, "
+                                      "for top_k_accuracy, a k", {"key": repr(unknown[0])})
+        if "k" in value:
+            k = value["k"]
+            if value.get("name") != "top_k_accuracy":
+                raise PydanticCustomError("metric", "k is for top_k_accuracy only (got name {name})",
+                                          {"name": repr(value.get("name"))})
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise PydanticCustomError("metric", "k must be a whole number of at least 1 (got {k})", {"k": repr(k)})
+            return f"top_{k}_accuracy"
+        value = value.get("name")
+    if not isinstance(value, str):
+        raise PydanticCustomError("metric", "a metric is a name like accuracy or top_3_accuracy (got {value})",
+                                  {"value": repr(value)})
+    if value == "top_k_accuracy":
+        return "top_5_accuracy"  # Keras' default k
+    top_k = _TOP_K.fullmatch(value)
+    if top_k and int(top_k.group(1)) >= 1:
+        return f"top_{int(top_k.group(1))}_accuracy"
+    if value in METRIC_NAMES:
+        return value
+    raise PydanticCustomError(
+        "metric", "unknown metric {value}{hint}; valid: {valid}",
+        {"value": repr(value), "hint": did_you_mean(value, list(METRIC_NAMES)),
+         "valid": "accuracy, top_k_accuracy (k 5) or top_K_accuracy such as top_3_accuracy, "
+                  "precision, recall, auc, mse, mae"},
+    )
+
+
+def _distinct(names: list[str]) -> list[str]:
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise PydanticCustomError("metric", "{name} is listed twice", {"name": twice[0]})
+    return names
+
+
 class TrainSection(_Section):
     optimizer: Optimizer = Adam(name="adam")
-    lr_schedule: OneCycleSchedule | None = None  # null: the optimizer's constant learning_rate
-    loss: LossName = "sparse_categorical_crossentropy"
-    metrics: list[MetricName] = ["accuracy"]
+    lr_schedule: LrSchedule | None = None  # null: the optimizer's constant learning_rate
+    loss: Annotated[Loss, BeforeValidator(_named)] = Loss()
+    # accuracy, top_3_accuracy (or {name: top_k_accuracy, k: 3}), precision, recall, auc, mse, mae
+    metrics: Annotated[list[Annotated[str, BeforeValidator(metric_name)]], AfterValidator(_distinct)] = ["accuracy"]
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 32
     checkpoint: CheckpointSection = CheckpointSection()
@@ -293,6 +483,8 @@ class TrainSection(_Section):
     # fit: Keras' model.fit. gradient_tape: cnnlab.tape's hand-written tf.GradientTape loop
     # (softmax cross-entropy on logits, per-iteration loss in iterations.csv/.png), same run directory.
     loop: Literal["fit", "gradient_tape"] = "fit"
+    # progress output as Keras' verbose: auto is 1 (a live bar) on a terminal, 2 (a line per epoch) in a log
+    verbose: Literal["auto", 0, 1, 2] = "auto"
 
 
 class Config(_Section):
@@ -307,10 +499,14 @@ class Config(_Section):
 
         `sparse_*` losses take integers; a single output unit takes a 0/1 column;
         every other loss gets one vector per sample, as Keras' `to_categorical` gives.
+        A sparse loss gets one-hot targets too where Keras needs them: with label smoothing
+        and for precision/recall/auc/mse/mae (it then trains with CategoricalCrossentropy).
         """
-        if self.train.loss.startswith("sparse_"):
+        if output_units(self) == 1:
             return False
-        return output_units(self) != 1
+        if self.train.loss.name.startswith("sparse_"):
+            return self.train.loss.label_smoothing > 0 or any(m in ONE_HOT_METRICS for m in self.train.metrics)
+        return True
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -426,6 +622,8 @@ def _step(node: Any, part: str | int, so_far: list, override: str, create: bool)
         if not create:
             raise CnnlabError(f"--set {override!r}: {format_path(so_far)} does not exist.")
         node[part] = {}
+    if so_far == ["train", "loss"] and isinstance(node[part], str):  # --set train.loss.label_smoothing=0.1
+        node[part] = {"name": node[part]}
     return node[part]
 
 
@@ -464,16 +662,20 @@ def _describe(error: dict, data: dict) -> str:
     if kind == "union_tag_invalid":
         tag_key = error["ctx"]["discriminator"].strip("'")
         tags = re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
-        what = "layer type" if tag_key == "type" else "optimizer"
+        what = {"type": "layer type", "optimizer": "optimizer", "lr_schedule": "learning-rate schedule"}.get(
+            tag_key if tag_key == "type" else str(loc[-1]), "name")
         tag = str(error["ctx"]["tag"])
         return f"{path}.{tag_key}: unknown {what} {tag!r}{did_you_mean(tag, tags)}; valid: {', '.join(tags)}."
     if kind == "union_tag_not_found":
         tag_key = error["ctx"]["discriminator"].strip("'")
-        return f"{path}: missing `{tag_key}`."
+        union = _UNIONS.get(next((str(part) for part in reversed(loc) if not isinstance(part, int)), ""), ())
+        tags = [tag for cls in union for tag in cls.model_fields[tag_key].annotation.__args__]
+        return f"{path}: missing `{tag_key}`" + (f"; valid: {', '.join(tags)}." if tags else ".")
     if kind == "missing":
         return f"{path}: required field is missing."
     if kind == "literal_error":
-        options = re.findall(r"'([^']+)'", error["ctx"]["expected"])
+        options = re.findall(r"'([^']+)'|(-?\d+)", error["ctx"]["expected"])
+        options = [text or number for text, number in options]
         return (
             f"{path}: {value!r} is not valid{did_you_mean(str(value), options)}; "
             f"valid: {', '.join(options)}."
@@ -483,9 +685,14 @@ def _describe(error: dict, data: dict) -> str:
             f"name: {value!r} is not a valid run name; use letters, digits and _ - . + "
             "(it becomes a folder name under the runs directory)."
         )
+    if kind in _OWN_ERRORS:  # raised by the schema's own validators, already a full sentence
+        return f"{path}: {error['msg']}."
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{path}: expected a mapping of keys, got {value!r}."
     return f"{path}: {error['msg'].rstrip('.')} (got {value!r})."
+
+
+_OWN_ERRORS = ("metric", "one_of", "loss_option")
 
 
 def _child(node: Any, part: Any) -> Any:
@@ -504,6 +711,8 @@ def _user_path(loc: tuple, data: Any) -> list:
     for part in loc:
         if isinstance(node, dict) and part not in node and part in (node.get("type"), node.get("name")):
             continue
+        if isinstance(node, str) and part == "name":  # `loss: mse`, short for `loss: {name: mse}`
+            continue
         out.append(part)
         node = _child(node, part)
     return out
@@ -512,6 +721,7 @@ def _user_path(loc: tuple, data: Any) -> list:
 _UNIONS: dict[str, tuple] = {
     "layers": Layer.__origin__.__args__,  # type: ignore[attr-defined]
     "optimizer": Optimizer.__origin__.__args__,  # type: ignore[attr-defined]
+    "lr_schedule": LrSchedule.__origin__.__args__,  # type: ignore[attr-defined]
 }
 
 

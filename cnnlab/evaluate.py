@@ -32,12 +32,13 @@ import numpy as np
 
 from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint, make_output_dir
+from cnnlab.config import Loss
 from cnnlab.data import encode_labels, load, select_test_files
 from cnnlab.model import class_predictions
 
 OUTPUT_DIR = "evaluation"  # inside a run directory
 GALLERY_SIZE = 24  # mistakes shown in mistakes.png
-FALLBACK_LOSS = "sparse_categorical_crossentropy"  # when the file does not say how it was trained
+FALLBACK_LOSS = Loss(name="sparse_categorical_crossentropy")  # when the file does not say how it was trained
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Evaluation:
     loss: float
     loss_name: str
     loss_as_trained: bool
+    loss_options: str  # e.g. "label_smoothing 0.1, + weight penalty 0.0123"; "" for none
     accuracy: float
     correct: int
     per_class: list[dict]
@@ -64,7 +66,8 @@ class Evaluation:
         return {
             "model": str(loaded.path), "kind": loaded.kind, "dataset": loaded.dataset, "scale": loaded.scale,
             "input_shape": list(loaded.input_shape), "samples": self.samples,
-            "loss": self.loss, "loss_name": self.loss_name, "loss_as_trained": self.loss_as_trained,
+            "loss": self.loss, "loss_name": self.loss_name, "loss_options": self.loss_options,
+            "loss_as_trained": self.loss_as_trained,
             "accuracy": self.accuracy, "correct": self.correct,
             "per_class": self.per_class, "macro_avg": macro,
             "confusion_matrix": self.confusion.tolist(),
@@ -84,7 +87,7 @@ class Evaluation:
             f"model     {loaded.path} ({loaded.kind})",
             f"data      {loaded.dataset} test split, {self.samples} samples, input {loaded.input_shape}, "
             f"x / {loaded.scale:g}",
-            f"loss      {self.loss:.4f} ({self.loss_name}, {how})",
+            f"loss      {self.loss:.4f} ({', '.join(filter(None, (self.loss_name, self.loss_options, how)))})",
             f"accuracy  {self.accuracy:.4f} ({self.correct} of {self.samples} right)",
             "",
         ]
@@ -129,8 +132,7 @@ def evaluate(target: str | Path, dataset: str | None = None, scale: float | None
     images, labels = test_set(loaded, progress)
     probs = loaded.predict(loaded.prepare(images))
     predicted = class_predictions(probs)
-    loss_name = loaded.loss or FALLBACK_LOSS
-    result = _score(loaded, labels, probs, predicted, loss_name, info.num_classes)
+    result = _score(loaded, labels, probs, predicted, loaded.loss or FALLBACK_LOSS, info.num_classes)
 
     out_dir = Path(out) if out is not None else (loaded.run_dir / OUTPUT_DIR if loaded.run_dir else None)
     if out_dir is not None:
@@ -152,7 +154,7 @@ def test_set(loaded: LoadedModel, progress=None) -> tuple[np.ndarray, np.ndarray
 
 
 def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
-           loss_name: str, num_classes: int) -> Evaluation:
+           loss: Loss, num_classes: int) -> Evaluation:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     classes = list(range(num_classes))
@@ -172,27 +174,47 @@ def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted
         for i in order[:GALLERY_SIZE]
     ]
     correct = int(np.sum(predicted == labels))
+    penalty = _weight_penalty(loaded.model)
+    options = [f"label_smoothing {loss.label_smoothing:g}"] if loss.label_smoothing else []
+    options += [f"+ weight penalty {penalty:.4g}"] if penalty else []
     return Evaluation(
-        loaded=loaded, samples=len(labels), loss=_loss(loss_name, probs, labels, num_classes),
-        loss_name=loss_name, loss_as_trained=loaded.loss is not None,
+        loaded=loaded, samples=len(labels), loss=_loss(loss, probs, labels, num_classes) + penalty,
+        loss_name=loss.name, loss_as_trained=loaded.loss is not None, loss_options=", ".join(options),
         accuracy=correct / max(len(labels), 1), correct=correct, per_class=per_class,
         confusion=confusion_matrix(labels, predicted, labels=classes), mistakes=mistakes,
         total_wrong=len(wrong),
     )
 
 
-def _loss(name: str, probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """The loss as Keras computes it in training, on the model's probabilities."""
+def _loss(loss: Loss, probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The loss as Keras computes it in training (label smoothing included), on the model's probabilities.
+
+    `probs` are probabilities even for a model trained on logits (LoadedModel.predict applies
+    the softmax or sigmoid), so the loss takes them as such: the same value.
+    """
     import keras
 
-    if name.startswith("sparse_"):
+    from cnnlab.compile import make_loss
+
+    one_hot = not (loss.name.startswith("sparse_") and not loss.label_smoothing)
+    if not one_hot:
         targets = labels
     elif probs.shape[-1] == 1:
         targets = labels.reshape(-1, 1).astype("float32")
     else:
         targets = encode_labels(labels, num_classes, one_hot=True)
-    values = keras.losses.get(name)(targets, probs.astype("float32"))
-    return float(np.mean(keras.ops.convert_to_numpy(values)))
+    keras_loss = make_loss(keras, loss.model_copy(update={"from_logits": False}), one_hot)
+    return float(keras.ops.convert_to_numpy(keras_loss(targets, probs.astype("float32"))))
+
+
+def _weight_penalty(model) -> float:
+    """The kernel_regularizer penalties Keras adds to the loss (0 for a TFLite model or none)."""
+    losses = getattr(model, "losses", None)
+    if not losses:
+        return 0.0
+    import keras
+
+    return float(sum(keras.ops.convert_to_numpy(value) for value in losses))
 
 
 def _write(result: Evaluation, images: np.ndarray | None, out_dir: Path) -> list[Path]:

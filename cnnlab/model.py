@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.config import Config, did_you_mean, output_units
+from cnnlab.config import CROSSENTROPY_LOSSES, Config, CosineSchedule, did_you_mean, output_units
 from cnnlab.data import DatasetInfo, describe
 from cnnlab.errors import CnnlabError
 
@@ -92,6 +92,7 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
         plan.layers.append(LayerPlan(index, layer.type, shape, params))
     _check_output(cfg, plan, source, info.num_classes)
     _check_monitors(cfg, source)
+    _check_schedule(cfg, source)
     _check_sample_counts(cfg, source, info)
     _check_augment(cfg, source, info)
     return plan
@@ -132,7 +133,7 @@ def _spatial(shape, size, strides, padding, what, where) -> tuple[int, int]:
 
 def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -> None:
     units = output_units(cfg)
-    loss = cfg.train.loss
+    loss = cfg.train.loss.name
     last = len(cfg.model.layers) - 1
     if units is None:
         raise CnnlabError(f"{source}: model.layers: the model needs a dense output layer with one unit per class.")
@@ -156,6 +157,79 @@ def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -
         raise CnnlabError(
             f"{source}: train.loss: {loss} needs one output unit per class, but the output has 1; "
             "use binary_crossentropy or mse with a single sigmoid unit."
+        )
+    _check_output_activation(cfg, source, units)
+    for index, name in enumerate(cfg.train.metrics):
+        if name.startswith("top_") and int(name.split("_")[1]) >= num_classes:
+            raise CnnlabError(
+                f"{source}: train.metrics[{index}]: {name} is always 1 with {num_classes} classes; "
+                f"use a k below {num_classes}."
+            )
+
+
+def output_activation(cfg: Config) -> tuple[int, str]:
+    """The layer that decides what the model outputs, and its activation.
+
+    Dropout passes values through; an activation layer after the last dense layer decides
+    (a linear one passes values through too); any other layer outputs unsquashed values.
+    """
+    for index in range(len(cfg.model.layers) - 1, -1, -1):
+        layer = cfg.model.layers[index]
+        if layer.type == "dropout" or (layer.type == "activation" and layer.activation == "linear"):
+            continue
+        return index, getattr(layer, "activation", "linear")
+    return len(cfg.model.layers) - 1, "linear"
+
+
+def _check_output_activation(cfg: Config, source: str, units: int) -> None:
+    """A loss on probabilities needs an output that gives them; one on logits, a linear output."""
+    loss = cfg.train.loss
+    if loss.name not in CROSSENTROPY_LOSSES:
+        return  # mse/mae take any output (the one-layer XOR net: a sigmoid unit)
+    index, activation = output_activation(cfg)
+    layer = cfg.model.layers[index]
+    where = f"{source}: model.layers[{index}] ({layer.type}) has activation {activation}"
+    if loss.from_logits:
+        if activation != "linear":
+            raise CnnlabError(
+                f"{where}, but train.loss.from_logits is true: the loss applies the "
+                f"{'sigmoid' if loss.name == 'binary_crossentropy' else 'softmax'} itself and needs raw "
+                "scores; use activation: linear, or set train.loss.from_logits: false."
+            )
+        return
+    if loss.name == "binary_crossentropy":
+        valid = ("sigmoid", "hard_sigmoid") if units == 1 else ("sigmoid", "hard_sigmoid", "softmax")
+        if activation not in valid:
+            raise CnnlabError(
+                f"{where}, but binary_crossentropy takes probabilities; use activation: "
+                f"{'sigmoid' if units == 1 else 'softmax or sigmoid'}, or set train.loss.from_logits: true "
+                "with activation: linear."
+            )
+        return
+    if activation != "softmax":
+        raise CnnlabError(
+            f"{where}, but {loss.name} takes probabilities that sum to 1; use activation: softmax, "
+            "or set train.loss.from_logits: true with activation: linear."
+        )
+
+
+def _check_schedule(cfg: Config, source: str) -> None:
+    """A cosine warm-up must end before the training does."""
+    schedule, epochs = cfg.train.lr_schedule, cfg.train.epochs
+    if not isinstance(schedule, CosineSchedule):
+        return
+    if schedule.warmup_epochs is not None and schedule.warmup_epochs >= epochs:
+        raise CnnlabError(
+            f"{source}: train.lr_schedule.warmup_epochs: {schedule.warmup_epochs:g} warm-up epochs leave no "
+            f"epoch of the {epochs} (train.epochs) for the decay; use fewer, or warmup_fraction."
+        )
+    warmup = schedule.warmup_fraction or (schedule.warmup_epochs or 0) / epochs
+    decay = schedule.decay_fraction or (schedule.decay_epochs or 0) / epochs
+    if decay and warmup + decay > 1 + 1e-9:
+        raise CnnlabError(
+            f"{source}: train.lr_schedule: the warm-up and the decay together last longer than the {epochs} "
+            "epochs of train.epochs, so the decay would not finish; shorten them, or leave out the decay "
+            "length (then it lasts until the last epoch)."
         )
 
 
@@ -202,7 +276,9 @@ def _check_monitors(cfg: Config, source: str) -> None:
         names += [f"val_{name}" for name in names]
     if cfg.train.checkpoint.filename:
         _check_filename_pattern(cfg.train.checkpoint.filename, names, source)
-    for key, section in (("checkpoint", cfg.train.checkpoint), ("early_stopping", cfg.train.early_stopping)):
+    plateau = cfg.train.lr_schedule if getattr(cfg.train.lr_schedule, "name", None) == "reduce_on_plateau" else None
+    for key, section in (("checkpoint", cfg.train.checkpoint), ("early_stopping", cfg.train.early_stopping),
+                         ("lr_schedule", plateau)):
         if section is not None and section.monitor not in names:
             hint = ""
             if section.monitor.startswith("val_") and cfg.data.validation.method == "none":
@@ -240,10 +316,16 @@ def _check_filename_pattern(pattern: str, names: list[str], source: str) -> None
 def _check_tape_loop(cfg: Config, source: str) -> None:
     """The hand-written loop trains on logits: a softmax/linear dense output, a cross-entropy loss."""
     where = f"{source}: train.loop: gradient_tape"
-    if cfg.train.loss not in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+    loss = cfg.train.loss
+    if loss.name not in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
         raise CnnlabError(
-            f"{where} trains with softmax cross-entropy, but train.loss is {cfg.train.loss}; "
+            f"{where} trains with softmax cross-entropy, but train.loss is {loss.name}; "
             "use categorical_crossentropy or sparse_categorical_crossentropy."
+        )
+    if loss.label_smoothing:
+        raise CnnlabError(
+            f"{where} computes plain softmax cross-entropy (tf.nn, as the material does), without label "
+            f"smoothing; remove train.loss.label_smoothing ({loss.label_smoothing:g}) or use train.loop: fit."
         )
     last = cfg.model.layers[-1]
     if last.type != "dense" or last.activation not in ("softmax", "linear"):
@@ -278,13 +360,13 @@ def _keras_layer(keras, layer):
     if kind == "dense":
         return keras.layers.Dense(
             layer.units, activation=layer.activation, use_bias=layer.use_bias,
-            kernel_initializer=layer.kernel_initializer,
+            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer),
         )
     if kind == "conv2d":
         return keras.layers.Conv2D(
             layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
             activation=layer.activation, use_bias=layer.use_bias,
-            kernel_initializer=layer.kernel_initializer,
+            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer),
         )
     if kind == "max_pooling2d":
         return keras.layers.MaxPooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding)
@@ -299,6 +381,15 @@ def _keras_layer(keras, layer):
     raise AssertionError(f"no Keras layer for {kind!r}")  # the schema and this list disagree
 
 
+def _regularizer(keras, layer):
+    penalty = layer.kernel_regularizer
+    if penalty is None or not (penalty.l1 or penalty.l2):
+        return None
+    if penalty.l1 and penalty.l2:
+        return keras.regularizers.L1L2(l1=penalty.l1, l2=penalty.l2)
+    return keras.regularizers.L1(penalty.l1) if penalty.l1 else keras.regularizers.L2(penalty.l2)
+
+
 def summary_text(model) -> str:
     """Keras' own layer table, as text."""
     lines: list[str] = []
@@ -306,9 +397,9 @@ def summary_text(model) -> str:
     return "".join(lines)
 
 
-def class_predictions(probs: np.ndarray) -> np.ndarray:
-    """Class ids from model outputs: argmax, or a 0.5 threshold for a single sigmoid unit."""
+def class_predictions(probs: np.ndarray, logits: bool = False) -> np.ndarray:
+    """Class ids from model outputs: argmax, or for a single unit a 0.5 threshold (0 on a logit)."""
     probs = np.asarray(probs)
     if probs.ndim == 1 or probs.shape[-1] == 1:
-        return (probs.reshape(len(probs)) > 0.5).astype("int64")
+        return (probs.reshape(len(probs)) > (0.0 if logits else 0.5)).astype("int64")
     return probs.argmax(axis=-1).astype("int64")

@@ -44,7 +44,8 @@ def history_metrics(rows: list[dict]) -> list[str]:
 
 
 def plot_history(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """One PNG per metric (`loss.png`, `accuracy.png`): train vs validation per epoch."""
+    """One PNG per metric (`loss.png`, `accuracy.png`): train vs validation per epoch; and
+    `learning_rate.png` when the learning rate changed between epochs."""
     plt = _pyplot()
     written = []
     epochs = [row["epoch"] for row in rows]
@@ -61,6 +62,17 @@ def plot_history(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
         if len(epochs) < 25:
             ax.set_xticks(epochs)
         written.append(_save(fig, out_dir / f"{name}.png"))
+    rates = [row.get("learning_rate") for row in rows]
+    if None not in rates and len(set(rates)) > 1:  # a schedule ran: `learning_rate.png`
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.plot(epochs, rates, "o-", color="tab:green")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate at the end of the epoch")
+        ax.set_title(f"{title}: learning rate")
+        ax.grid(alpha=0.3)
+        if len(epochs) < 25:
+            ax.set_xticks(epochs)
+        written.append(_save(fig, out_dir / "learning_rate.png"))
     return written
 
 

@@ -64,7 +64,7 @@ def fit_with_gradient_tape(model, cfg: Config, splits: Splits, callbacks: list, 
 
     batch_size = cfg.train.batch_size
     steps = -(-len(splits.x_train) // batch_size)
-    train_step, eval_step = _steps(keras, tf, model, sparse=cfg.train.loss.startswith("sparse_"))
+    train_step, eval_step = _steps(keras, tf, model, sparse=not cfg.one_hot_labels())
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_progbar=verbose != 0, model=model,
         verbose=verbose, epochs=cfg.train.epochs, steps=steps,
@@ -126,6 +126,8 @@ def _steps(keras, tf, model, sparse: bool):
         with tf.GradientTape() as tape:
             z = logits(x, training=True)
             loss = tf.reduce_mean(per_sample(y, z))
+            if model.losses:  # the layers' kernel_regularizer penalties, as model.fit adds them
+                loss += tf.add_n(model.losses)
         variables = model.trainable_variables
         model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss, hits(y, z)
@@ -133,7 +135,10 @@ def _steps(keras, tf, model, sparse: bool):
     @tf.function(reduce_retracing=True)
     def eval_step(x, y):
         z = logits(x, training=False)
-        return tf.reduce_sum(per_sample(y, z)), hits(y, z)
+        total = tf.reduce_sum(per_sample(y, z))
+        if model.losses:  # once per sample, so the mean carries it once, as in model.evaluate
+            total += tf.add_n(model.losses) * tf.cast(tf.shape(z)[0], total.dtype)
+        return total, hits(y, z)
 
     return train_step, eval_step
 

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from cnnlab import rundir
+from cnnlab.compile import compile_model, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, read_yaml_mapping, validate_config
 from cnnlab.data import ImageData, Splits, data_record, load, prepare
 from cnnlab.data.cache import Progress
@@ -108,7 +109,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, device: s
             keras.utils.set_random_seed(cfg.seed + done)
     else:
         model = build_model(cfg, plan.input_shape)
-        model.compile(optimizer=make_optimizer(keras, cfg), loss=cfg.train.loss, metrics=list(cfg.train.metrics))
+        compile_model(keras, model, cfg, steps_per_epoch)
     summary = summary_text(model)
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     echo(summary)
@@ -118,8 +119,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, device: s
     callbacks = [recorder]
     if cfg.train.early_stopping is not None:
         callbacks.append(_early_stopping(keras, cfg, history))
-    if cfg.train.lr_schedule is not None:
-        callbacks.append(_one_cycle(keras, cfg.train.lr_schedule, steps_per_epoch, cfg.train.epochs))
+    callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg)) if splits.x_val is not None else None
@@ -132,7 +132,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, device: s
                 from cnnlab.tape import fit_with_gradient_tape
 
                 fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
-                                       verbose=1 if sys.stdout.isatty() else 2)
+                                       verbose=_verbose(cfg))
             else:
                 _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history),
                          augment=augment)
@@ -166,13 +166,18 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, device: s
 
 def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int,
              augment=None) -> None:
-    verbose = 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
     common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=_verbose(cfg))
     batches, steps = epoch_batches(
         splits.x_train, splits.y_train, cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs, augment
     )
     model.fit(batches, steps_per_epoch=steps, shuffle=False, **common)
+
+
+def _verbose(cfg: Config) -> int:
+    if cfg.train.verbose != "auto":
+        return cfg.train.verbose
+    return 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
 
 
 def init_backend(device: str):
@@ -215,28 +220,6 @@ def environment(keras, device_name: str) -> dict:
     }
 
 
-def make_optimizer(keras, cfg: Config):
-    opt = cfg.train.optimizer
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=opt.learning_rate, momentum=opt.momentum, nesterov=opt.nesterov)
-    if opt.name == "adam":
-        return keras.optimizers.Adam(
-            learning_rate=opt.learning_rate, beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon
-        )
-    if opt.name == "adagrad":
-        return keras.optimizers.Adagrad(learning_rate=opt.learning_rate)
-    if opt.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=opt.learning_rate, rho=opt.rho, momentum=opt.momentum)
-    raise AssertionError(f"no optimizer for {opt.name!r}")
-
-
-def monitor_mode(monitor: str, mode: str) -> str:
-    """'max' or 'min', as Keras decides for mode='auto': accuracies go up, the rest down."""
-    if mode != "auto":
-        return mode
-    return "max" if "acc" in monitor or monitor.endswith("auc") else "min"
-
-
 def _early_stopping(keras, cfg: Config, history: list[dict]):
     es = cfg.train.early_stopping
     mode = monitor_mode(es.monitor, es.mode)
@@ -256,32 +239,6 @@ def _early_stopping(keras, cfg: Config, history: list[dict]):
         monitor=es.monitor, mode=mode, patience=es.patience,
         min_delta=es.min_delta, restore_best_weights=es.restore_best_weights,
     )
-
-
-def one_cycle_rate(step: int, total_steps: int, max_rate: float, warmup_fraction: float) -> float:
-    """The one-cycle learning rate at `step` (0-based) of `total_steps`."""
-    start, end = max_rate / 25.0, max_rate / 1e4
-    warmup = max(1, int(total_steps * warmup_fraction))
-    if step < warmup:
-        return start + (max_rate - start) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
-    return end + (max_rate - end) * 0.5 * (1.0 + np.cos(np.pi * progress))
-
-
-def _one_cycle(keras, schedule, steps_per_epoch: int, epochs: int):
-    """Sets the learning rate before every batch; the step comes from the epoch, so resuming works."""
-
-    class OneCycle(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch, logs=None):
-            step = self.epoch * steps_per_epoch + batch
-            self.model.optimizer.learning_rate = one_cycle_rate(
-                step, steps_per_epoch * epochs, schedule.max_learning_rate, schedule.warmup_fraction
-            )
-
-    return OneCycle()
 
 
 class StopRequest:
@@ -387,7 +344,7 @@ def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: t
     batch = eval_batch(cfg)
     results = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)
     probs = model.predict(ordered_batches(splits.x_test, None, batch), verbose=0)
-    right = class_predictions(probs) == splits.labels_test
+    right = class_predictions(probs, logits=cfg.train.loss.from_logits) == splits.labels_test
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
     return {"test_loss": float(results["loss"]), "test_accuracy": float(np.mean(right)),

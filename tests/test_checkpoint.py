@@ -53,7 +53,7 @@ def test_a_keras2_h5_that_keras3_refuses_loads_and_the_file_is_untouched():
     loaded = load_checkpoint(KERAS2_H5)
     assert "Keras 2.3.1" in loaded.kind and loaded.input_shape == (28, 28, 1)
     assert loaded.model.count_params() == 93_322
-    assert loaded.loss == "categorical_crossentropy" and loaded.dataset == "mnist" and loaded.scale == 255
+    assert loaded.loss.name == "categorical_crossentropy" and loaded.dataset == "mnist" and loaded.scale == 255
     assert hashlib.sha256(KERAS2_H5.read_bytes()).hexdigest() == before
 
 
@@ -180,3 +180,17 @@ def test_missing_truncated_and_foreign_files_are_errors_naming_the_file(tmp_path
     with pytest.raises(CnnlabError, match=r"folder: is not a cnnlab run directory"):
         load_checkpoint(tmp_path / "folder")
 
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_loss_object_in_a_file_gives_its_options(tmp_path, suffix):
+    """Scripts often compile with a loss object; evaluate then scores it as trained."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
+    model.save(tmp_path / f"logits{suffix}")
+    loaded = load_checkpoint(tmp_path / f"logits{suffix}")
+    assert (loaded.loss.name, loaded.loss.label_smoothing, loaded.loss.from_logits) == (
+        "categorical_crossentropy", 0.1, True)
+    probs = loaded.predict(np.random.default_rng(0).random((3, 28, 28), dtype=np.float32))
+    assert np.allclose(probs.sum(axis=-1), 1.0) and probs.min() >= 0  # its logits become probabilities

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -115,3 +114,105 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(CnnlabError, match="not valid YAML"):
         load_config(path)
+
+
+def test_training_options_have_keras_defaults_and_show_in_the_resolved_config(runner, write_config):
+    from cnnlab.cli import app
+
+    cfg = load_config(write_config(small_dnn()))
+    train = cfg.train
+    assert train.loss.name == "sparse_categorical_crossentropy"
+    assert (train.loss.label_smoothing, train.loss.from_logits) == (0.0, False)
+    assert train.optimizer.weight_decay is None and train.optimizer.clipnorm is None
+    assert train.lr_schedule is None and train.verbose == "auto" and train.metrics == ["accuracy"]
+    assert cfg.model.layers[1].kernel_regularizer is None
+    adamw = load_config(write_config(small_dnn(optimizer={"name": "adamw"}))).train.optimizer
+    assert adamw.weight_decay == 0.004 and adamw.learning_rate == 0.001  # keras.optimizers.AdamW's own
+    # `cnnlab config` writes every one of them out
+    result = runner.invoke(app, ["config", str(write_config(small_dnn(optimizer={"name": "nadam"})))])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)["train"]
+    assert printed["loss"] == {"name": "sparse_categorical_crossentropy", "label_smoothing": 0.0, "from_logits": False}
+    assert printed["optimizer"]["name"] == "nadam" and printed["optimizer"]["weight_decay"] is None
+    assert printed["verbose"] == "auto" and printed["lr_schedule"] is None
+    assert yaml.safe_load(result.stdout)["model"]["layers"][1]["kernel_regularizer"] is None
+
+
+def test_a_loss_is_a_name_or_a_mapping_and_both_mean_the_same(write_config):
+    short = load_config(write_config(small_dnn(loss="categorical_crossentropy"))).train.loss
+    long = load_config(write_config(small_dnn(loss={"name": "categorical_crossentropy"}))).train.loss
+    assert short == long
+    smoothed = load_config(write_config(small_dnn(loss="categorical_crossentropy")),
+                           ["train.loss.label_smoothing=0.1"]).train.loss  # --set into the short form
+    assert smoothed.name == "categorical_crossentropy" and smoothed.label_smoothing == 0.1
+    # the resolved form reloads to the same config (a run's config.yaml is read back by --resume)
+    cfg = load_config(write_config(small_dnn(loss={"name": "binary_crossentropy", "from_logits": True})))
+    assert load_config(write_config(yaml.safe_load(cfg.to_yaml()), "again.yaml")) == cfg
+
+
+def test_sparse_loss_gets_one_hot_targets_where_keras_needs_them(write_config):
+    """Keras' SparseCategoricalCrossentropy has no label smoothing, and precision/recall/auc need one-hot."""
+    def one_hot(**train):
+        return load_config(write_config(small_dnn(**train))).one_hot_labels()
+
+    assert one_hot() is False
+    assert one_hot(loss={"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1}) is True
+    assert one_hot(metrics=["accuracy", "precision"]) is True
+    assert one_hot(metrics=["accuracy", "top_3_accuracy"]) is False
+
+
+@pytest.mark.parametrize("metrics, names", [
+    (["top_3_accuracy"], ["top_3_accuracy"]),
+    ([{"name": "top_k_accuracy", "k": 2}], ["top_2_accuracy"]),
+    (["top_k_accuracy"], ["top_5_accuracy"]),  # Keras' default k
+    (["accuracy", "precision", "recall", {"name": "auc"}, "mse", "mae"], ["accuracy", "precision", "recall", "auc", "mse", "mae"]),
+])
+def test_metrics_are_named_as_the_history_and_monitors_name_them(write_config, metrics, names):
+    assert load_config(write_config(small_dnn(metrics=metrics))).train.metrics == names
+
+
+@pytest.mark.parametrize("schedule", [
+    {"name": "cosine", "warmup_epochs": 1, "alpha": 0.01},
+    {"name": "cosine", "warmup_fraction": 0.1, "decay_fraction": 0.5},
+    {"name": "exponential", "decay_rate": 0.9},
+    {"name": "step", "every_epochs": 2, "factor": 0.5},
+    {"name": "reduce_on_plateau", "patience": 2},
+    {"name": "one_cycle", "max_learning_rate": 0.01},
+])
+def test_each_schedule_loads_with_its_defaults(write_config, schedule):
+    loaded = load_config(write_config(small_dnn(lr_schedule=schedule))).train.lr_schedule
+    assert loaded.model_dump(include=set(schedule)) == schedule
+    assert loaded.name == schedule["name"]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["train"].update(optimizer={"name": "adam_w"}), ["train.optimizer.name", "did you mean 'adamw'"]),
+    (lambda d: d["train"].update(optimizer={"name": "nadam", "weight_decay": -1}), ["train.optimizer.weight_decay"]),
+    (lambda d: d["train"].update(lr_schedule={"name": "cosin"}), ["train.lr_schedule.name", "did you mean 'cosine'"]),
+    (lambda d: d["train"].update(lr_schedule={"name": "cosine", "warmup_epoch": 1}),
+     ["train.lr_schedule.warmup_epoch", "did you mean 'warmup_epochs'"]),
+    (lambda d: d["train"].update(lr_schedule={"name": "cosine", "warmup_epochs": 1, "warmup_fraction": 0.1}),
+     ["train.lr_schedule", "warmup_epochs or warmup_fraction, not both"]),
+    (lambda d: d["train"].update(lr_schedule={"name": "step", "factor": 0.5}), ["train.lr_schedule.every_epochs", "missing"]),
+    (lambda d: d["train"].update(lr_schedule={"warmup_epochs": 1}), ["train.lr_schedule: missing `name`", "cosine, exponential"]),
+    (lambda d: d["train"].update(loss={"name": "categorical_crossentropy", "smoothing": 0.1}),
+     ["train.loss.smoothing", "did you mean 'label_smoothing'"]),
+    (lambda d: d["train"].update(loss={"name": "mse", "label_smoothing": 0.1}), ["train.loss", "mse takes no label_smoothing"]),
+    (lambda d: d["train"].update(loss={"name": "categorical_crossentropy", "label_smoothing": 1.0}),
+     ["train.loss.label_smoothing", "less than 1"]),
+    (lambda d: d["train"].update(metrics=["top_3_acc"]), ["train.metrics[0]", "unknown metric 'top_3_acc'"]),
+    (lambda d: d["train"].update(metrics=[{"name": "precision", "k": 3}]), ["train.metrics[0]", "k is for top_k_accuracy only"]),
+    (lambda d: d["train"].update(metrics=["accuracy", "accuracy"]), ["train.metrics", "accuracy is listed twice"]),
+    (lambda d: d["train"].update(verbose=3), ["train.verbose", "valid: auto, 0, 1, 2"]),
+    (lambda d: d["model"]["layers"][1].update(kernel_regularizer={"l3": 0.1}), ["model.layers[1].kernel_regularizer.l3", "l1, l2"]),
+])
+def test_bad_training_options_name_the_field(write_config, change, words):
+    data = small_dnn()
+    change(data)
+    path = write_config(data)
+    with pytest.raises(CnnlabError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    for word in words:
+        assert word in message, message

@@ -118,6 +118,35 @@ CONFIG_CASES = [
      ["--set", "train.checkpoint.monitor=loss"], ["data.image_size", "xor is not an image data set"]),
     ("folder without a path", lambda d: d["data"].update(dataset="folder"), [], ["data.path", "needs a path"]),
     ("unknown colour", lambda d: d["data"].update(color="rbg"), [], ["data.color", "did you mean 'rgb'"]),
+    ("optimizer typo", lambda d: d["train"].update(optimizer={"name": "adamW"}), [],
+     ["train.optimizer.name", "did you mean 'adamw'", "nadam"]),
+    ("schedule typo", lambda d: d["train"].update(lr_schedule={"name": "cosine_decay"}), [],
+     ["train.lr_schedule.name", "unknown learning-rate schedule 'cosine_decay'", "did you mean 'cosine'"]),
+    ("schedule key typo", lambda d: d["train"].update(lr_schedule={"name": "step", "every_epoch": 3}), [],
+     ["train.lr_schedule.every_epoch", "did you mean 'every_epochs'"]),
+    ("metric typo", lambda d: d["train"].update(metrics=["accuracy", "precission"]), [],
+     ["train.metrics[1]", "did you mean 'precision'"]),
+    ("top-k of all the classes", lambda d: d["train"].update(metrics=["top_10_accuracy"]), [],
+     ["train.metrics[0]", "top_10_accuracy is always 1", "k below 10"]),
+    ("loss option typo", lambda d: d["train"].update(loss={"name": "categorical_crossentropy", "from_logit": True}), [],
+     ["train.loss.from_logit", "did you mean 'from_logits'"]),
+    ("relu output with a probabilities loss", lambda d: None, ["--set", "model.layers[2].activation=relu"],
+     ["model.layers[2] (dense) has activation relu", "sparse_categorical_crossentropy takes probabilities",
+      "use activation: softmax", "train.loss.from_logits: true"]),
+    ("softmax folded into an activation layer, then relu", lambda d: _layers(d).append({"type": "activation", "activation": "relu"}),
+     [], ["model.layers[3] (activation) has activation relu"]),
+    ("softmax output with from_logits", lambda d: d["train"].update(loss={"name": "sparse_categorical_crossentropy",
+                                                                          "from_logits": True}), [],
+     ["model.layers[2] (dense) has activation softmax", "from_logits is true", "use activation: linear"]),
+    ("plateau monitor typo", lambda d: d["train"].update(lr_schedule={"name": "reduce_on_plateau", "monitor": "val_los"}),
+     [], ["train.lr_schedule.monitor", "'val_los'", "did you mean 'val_loss'"]),
+    ("cosine warm-up as long as training", lambda d: d["train"].update(lr_schedule={"name": "cosine", "warmup_epochs": 3}),
+     [], ["train.lr_schedule.warmup_epochs", "3 warm-up epochs", "train.epochs"]),
+    ("both clippings", lambda d: d["train"].update(optimizer={"name": "sgd", "clipnorm": 1.0, "global_clipnorm": 1.0}), [],
+     ["train.optimizer", "clipnorm or global_clipnorm, not both"]),
+    ("label smoothing in the tape loop", lambda d: d["train"].update(
+        loop="gradient_tape", loss={"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1}), [],
+     ["train.loop: gradient_tape", "train.loss.label_smoothing"]),
 ]
 
 
@@ -129,6 +158,19 @@ def test_config_mistakes(runner, write_config, tmp_path, change, args, words):
     path = write_config(data)
     _assert_user_error(runner, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), *args], words)
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_the_output_activation_must_suit_the_loss_on_a_shipped_config(runner):
+    """Issue 11: `--set model.layers[7].activation=relu` on configs/cnn.yaml was accepted and trained badly."""
+    cnn = str(REPO / "configs" / "cnn.yaml")
+    message = _assert_user_error(runner, ["config", cnn, "--set", "model.layers[7].activation=relu"],
+                                 ["model.layers[7] (dense) has activation relu", "use activation: softmax"])
+    assert message.startswith(f"error: {cnn}")
+    # logits with a loss told so are fine
+    result = runner.invoke(app, ["config", cnn, "--set", "model.layers[7].activation=linear",
+                                 "--set", "train.loss.from_logits=true"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["train"]["loss"]["from_logits"] is True
 
 
 FILE_CASES = [

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import keras
 
+from cnnlab.compile import one_cycle_rate
 from cnnlab.config import validate_config
 from cnnlab.data import load_raw
 from cnnlab.export import TOLERANCE, LiteModel, export_tflite
-from cnnlab.train import one_cycle_rate, train
+from cnnlab.train import train
 
 from conftest import DATA_DIR, SHARED, needs_data, needs_shared, small_dnn
 

@@ -199,3 +199,62 @@ def test_resume_refuses_a_completed_run_and_a_non_run(tmp_path, runner):
     (tmp_path / "run.json").write_text('{"status": "completed"}')
     result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "already completed" in result.stderr
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Ctrl-C right after epoch `last` (1-based) was recorded: the run is interrupted there."""
+
+    def __init__(self, last: int):
+        super().__init__()
+        self.last = last
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.last:
+            raise KeyboardInterrupt
+
+
+def _interrupted_then_resumed(cfg, runs: Path, monkeypatch, after_epoch: int) -> Path:
+    import cnnlab.train as training
+
+    run_fit = training._run_fit
+    monkeypatch.setattr(training, "_run_fit", lambda keras_, model, cfg_, splits, validation, callbacks, first_epoch,
+                        **options: run_fit(keras_, model, cfg_, splits, validation,
+                                           [*callbacks, _StopAfterEpoch(after_epoch)], first_epoch, **options))
+    stopped = train(cfg, "s", runs_dir=runs, echo=lambda _: None)
+    monkeypatch.setattr(training, "_run_fit", run_fit)
+    assert stopped.status == "interrupted"
+    assert len(json.loads((stopped.run_dir / "history.json").read_text())["epochs"]) == after_epoch
+    assert training.resume(stopped.run_dir, echo=lambda _: None).status == "completed"
+    return stopped.run_dir
+
+
+def _rates(run_dir: Path) -> list[float]:
+    return [row["learning_rate"] for row in json.loads((run_dir / "history.json").read_text())["epochs"]]
+
+
+@needs_data
+def test_a_resumed_run_continues_its_cosine_schedule(tmp_path, monkeypatch):
+    """The schedule counts the optimizer's steps, which resume/state.keras keeps."""
+    data = small_dnn(epochs=3, optimizer={"name": "adamw", "learning_rate": 0.002},
+                     lr_schedule={"name": "cosine", "warmup_fraction": 0.2, "alpha": 0.1})
+    data["data"]["train_samples"] = 2000
+    cfg = validate_config(data, "s")
+    reference = train(cfg, "s", runs_dir=tmp_path / "reference", echo=lambda _: None).run_dir
+    resumed = _interrupted_then_resumed(cfg, tmp_path / "runs", monkeypatch, after_epoch=1)
+    assert _rates(resumed) == pytest.approx(_rates(reference), rel=1e-6)
+    assert _rates(resumed)[-1] == pytest.approx(0.0002)  # alpha x the peak at the last step
+    final = keras.saving.load_model(resumed / "resume" / "state.keras").optimizer
+    assert int(final.iterations) == 3 * 50 and float(final.learning_rate) == pytest.approx(0.0002)
+
+
+@needs_data
+def test_a_resumed_run_keeps_reduce_on_plateau_counting(tmp_path, monkeypatch):
+    """Patience counted before the interruption still counts: the rate drops at the same epoch."""
+    data = small_dnn(epochs=4, lr_schedule={"name": "reduce_on_plateau", "monitor": "val_loss", "patience": 2,
+                                            "min_delta": 10.0, "factor": 0.5})  # no epoch improves by 10
+    data["data"]["train_samples"] = 2000
+    cfg = validate_config(data, "s")
+    reference = train(cfg, "s", runs_dir=tmp_path / "reference", echo=lambda _: None).run_dir
+    assert _rates(reference) == pytest.approx([0.001, 0.001, 0.001, 0.0005])  # reduced after epoch 3
+    resumed = _interrupted_then_resumed(cfg, tmp_path / "runs", monkeypatch, after_epoch=2)
+    assert _rates(resumed) == pytest.approx(_rates(reference))

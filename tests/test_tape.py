@@ -78,3 +78,23 @@ def test_configs_the_tape_loop_cannot_train_are_refused(change, words):
         check_model(validate_config(data, "t.yaml"), "t.yaml")
     for word in words:
         assert word in str(err.value)
+
+
+@needs_data
+def test_the_tape_loop_takes_adamw_a_schedule_and_l2(tmp_path):
+    """The optimizer object applies weight decay and its schedule; the L2 penalty joins the loss as in fit."""
+    data = small_dnn(loop="gradient_tape", epochs=2, optimizer={"name": "adamw", "learning_rate": 0.002},
+                     lr_schedule={"name": "cosine", "warmup_epochs": 1}, loss="categorical_crossentropy")
+    data["data"]["train_samples"] = 3000
+    data["model"]["layers"][1]["kernel_regularizer"] = {"l2": 1e-3}
+    cfg = validate_config(data, "t.yaml")
+    run = train(cfg, "t.yaml", runs_dir=tmp_path, echo=lambda _: None).run_dir
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    assert [row["learning_rate"] for row in history] == pytest.approx([0.002, 0.0], abs=1e-7)
+    assert history[-1]["val_accuracy"] > 0.8
+    model = keras.saving.load_model(run / "best.keras")
+    assert model.losses  # the penalty is part of the saved model ...
+    splits = prepare(cfg, check_model(cfg, "t.yaml").input_shape, cfg.one_hot_labels())
+    scores = model.evaluate(splits.x_val, splits.y_val, verbose=0, return_dict=True)
+    best = max(history, key=lambda row: row["val_accuracy"])  # best.keras is that epoch's model
+    assert scores["loss"] == pytest.approx(best["val_loss"], abs=1e-4)  # ... and of val_loss, as Keras counts it

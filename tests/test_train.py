@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cnnlab import rundir
 from cnnlab.config import load_config, validate_config
+from cnnlab.data import load_raw
 from cnnlab.train import train
 
 from conftest import REPO, needs_data, small_dnn
@@ -80,3 +80,90 @@ def test_tensorboard_logs_when_enabled(tmp_path):
     cfg = load_config(REPO / "configs" / "xor_mlp.yaml", ["train.tensorboard=true", "train.epochs=2"])
     run = train(cfg, "xor_mlp.yaml", runs_dir=tmp_path, echo=lambda _: None).run_dir
     assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+
+
+@needs_data
+def test_adamw_cosine_warmup_label_smoothing_top3_and_l2_train_together(tmp_path):
+    """The options a user reaching for accuracy sets, all from Keras, in one short real run."""
+    data = small_dnn(
+        optimizer={"name": "adamw", "learning_rate": 0.002},
+        lr_schedule={"name": "cosine", "warmup_epochs": 1},
+        loss={"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1},
+        metrics=["accuracy", {"name": "top_k_accuracy", "k": 3}],
+        checkpoint={"monitor": "val_top_3_accuracy"},
+    )
+    data["data"]["train_samples"] = 5000
+    data["model"]["layers"][1]["kernel_regularizer"] = {"l2": 1e-4}
+    result = train(validate_config(data, "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
+    run = result.run_dir
+    assert result.metrics["test_accuracy"] > 0.85  # 4,000 images, 3 epochs: about 0.9
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    assert {"top_3_accuracy", "val_top_3_accuracy"} <= set(history[0])
+    assert history[-1]["val_top_3_accuracy"] > history[-1]["val_accuracy"]
+    # warm-up to 0.002 over epoch 1, then the cosine decay to 0 at the last step
+    assert [row["learning_rate"] for row in history] == pytest.approx([0.002, 0.001, 0.0], abs=1e-6)
+    assert (run / "history.csv").read_text().splitlines()[0].split(",")[-2:] == ["learning_rate", "seconds"]
+    for png in ("learning_rate.png", "top_3_accuracy.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = keras.saving.load_model(run / "best.keras")
+    assert model.count_params() == 50_890  # an L2 penalty adds no weights
+    assert isinstance(model.layers[1].kernel_regularizer, keras.regularizers.L2)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == 0.004
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)  # smoothing needs one-hot targets
+    assert model.loss.get_config()["label_smoothing"] == 0.1
+
+
+@needs_data
+def test_a_model_trained_on_logits_predicts_probabilities(tmp_path, runner):
+    """from_logits: a linear output; evaluate scores it as trained and predict shows probabilities."""
+    from cnnlab.cli import app
+    from cnnlab.evaluate import evaluate
+
+    data = small_dnn(epochs=1, loss={"name": "sparse_categorical_crossentropy", "from_logits": True},
+                     optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "global_clipnorm": 1.0},
+                     lr_schedule={"name": "step", "every_epochs": 1, "factor": 0.5})
+    data["model"]["layers"][-1]["activation"] = "linear"
+    run = train(validate_config(data, "s"), "s", runs_dir=tmp_path, echo=lambda _: None).run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.85
+    assert json.loads((run / "history.json").read_text())["epochs"][0]["learning_rate"] == pytest.approx(0.025)
+    scored = evaluate(run)
+    assert scored.accuracy == metrics["test_accuracy"]
+    assert scored.loss == pytest.approx(metrics["test_loss"], abs=1e-4)
+    raw = load_raw("mnist", test_only=True).x_test[:1]
+    from PIL import Image
+
+    Image.fromarray(raw[0]).save(tmp_path / "digit.png")
+    shown = runner.invoke(app, ["predict", str(run), str(tmp_path / "digit.png"), "--json", "--top-k", "10"])
+    assert shown.exit_code == 0, shown.output
+    top = json.loads(shown.stdout)["predictions"][0]["top_k"]
+    assert sum(entry["probability"] for entry in top) == pytest.approx(1.0, abs=1e-3)
+    assert all(0.0 <= entry["probability"] <= 1.0 for entry in top)
+
+
+@needs_data
+@pytest.mark.parametrize("metrics, monitor", [(["precision", "recall", "auc"], "val_auc"), (["mse"], "val_mse")])
+def test_precision_recall_auc_and_mse_work_with_a_sparse_loss(tmp_path, metrics, monitor):
+    """Keras compares them with one-hot targets (mse on integer labels used to crash mid-fit)."""
+    data = small_dnn(epochs=1, metrics=["accuracy", *metrics], checkpoint={"monitor": monitor})
+    data["data"]["train_samples"] = 2000
+    result = train(validate_config(data, "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
+    (row,) = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    for name in metrics:
+        assert 0.0 < row[f"val_{name}"] < 1.0 and (result.run_dir / f"{name}.png").is_file()
+    assert row.get("val_auc", 1.0) > 0.9 and row.get("val_mse", 0.0) < 0.05  # mse: over 10 one-hot columns
+    assert result.metrics[f"best_{monitor}"] == row[monitor]
+
+
+@pytest.mark.parametrize("loop", ["fit", "gradient_tape"])
+def test_train_verbose_sets_keras_progress_output(tmp_path, capsys, loop):
+    for verbose, shown in ((0, False), (2, True)):
+        data = small_dnn(loss="categorical_crossentropy", epochs=2, verbose=verbose, loop=loop,
+                         checkpoint={"monitor": "loss"})
+        data["data"] = {"dataset": "xor", "validation": {"method": "none"}, "repeat": 8}
+        data["model"]["layers"] = [{"type": "dense", "units": 4, "activation": "relu"},
+                                   {"type": "dense", "units": 2, "activation": "softmax"}]
+        capsys.readouterr()
+        train(validate_config(data, "x"), "x", runs_dir=tmp_path, echo=lambda _: None)
+        out = capsys.readouterr().out
+        assert ("Epoch 2/2" in out) is shown and (" - loss: " in out) is shown, out
