@@ -13,7 +13,7 @@ from cnnlab.config import load_config, validate_config
 from cnnlab.data import prepare
 from cnnlab.errors import CnnlabError
 from cnnlab.model import check_model
-from cnnlab.train import train
+from cnnlab.train import Diverged, train
 
 from conftest import REPO, needs_data, small_dnn
 
@@ -78,3 +78,15 @@ def test_configs_the_tape_loop_cannot_train_are_refused(change, words):
         check_model(validate_config(data, "t.yaml"), "t.yaml")
     for word in words:
         assert word in str(err.value)
+
+
+@needs_data
+def test_the_tape_loop_stops_when_the_loss_diverges(tmp_path):
+    path = REPO / "configs" / "fashion_cnn_tape.yaml"
+    cfg = load_config(path, ["data.train_samples=2000", "data.test_samples=500", "train.epochs=2",
+                             "train.optimizer.learning_rate=1000000.0"])
+    with pytest.raises(Diverged, match=r"at epoch 1, batch \d+ of 13\b") as err:
+        train(cfg, path, runs_dir=tmp_path, echo=lambda _: None)
+    assert err.value.batch < 13  # stopped inside the epoch, as model.fit does
+    info = json.loads((err.value.run_dir / "run.json").read_text())
+    assert info["status"] == "diverged"
