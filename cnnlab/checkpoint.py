@@ -224,7 +224,11 @@ def why_no_checkpoint(run: rundir.Run) -> str:
     if status == "failed":
         error = info.get("error", "error unknown")
         return f"it failed before its first epoch finished ({error}); fix that, then {again}."
-    return (f"it stopped before its first epoch finished ({status or 'status unknown'}), so nothing was saved and "
+    if status == "running":
+        how = f"run.json says running, but its process {info.get('pid', '')} is gone: killed?".replace("  ", " ")
+    else:
+        how = status or "status unknown"
+    return (f"it stopped before its first epoch finished ({how}), so nothing was saved and "
             f"there is nothing to resume; {again} (this folder can then be deleted).")
 
 

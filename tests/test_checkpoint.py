@@ -190,7 +190,8 @@ def _stopped_run(root, status: str, state: bool = False, **info):
 
 @pytest.mark.parametrize("status, state, info, words, not_words", [
     ("running", False, {"pid": 2 ** 22 + 12345, "host": socket.gethostname()},
-     ["stopped before its first epoch finished (running)", "nothing to resume", "config.yaml` trains its config again"],
+     ["stopped before its first epoch finished (run.json says running, but its process 4206649 is gone: killed?)",
+      "nothing to resume", "config.yaml` trains its config again"],
      ["--resume"]),
     ("interrupted", False, {}, ["nothing to resume"], ["--resume"]),
     ("interrupted", True, {}, ["cnnlab train --resume"], []),
