@@ -157,10 +157,7 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         run = rundir.open_run(target)
         run_dir, path = run.path, run.checkpoint
         if not path.exists():
-            raise CnnlabError(
-                f"{target}: the run has no {rundir.BEST} yet (it stopped before its first epoch "
-                f"finished); resume it with `cnnlab train --resume {target}`."
-            )
+            raise CnnlabError(f"{target}: the run has no {rundir.BEST}: {why_no_checkpoint(run)}")
         cfg = _run_config(run_dir)
         _refuse_other_data(cfg, run_dir, dataset, scale)
         info, test_files = run_data(run_dir, cfg)
@@ -205,12 +202,7 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
     config, saved_by, file_loss = _read_model_config(path)
     if saved_by:
         kind += f" (Keras {saved_by})"
-    lambdas = _lambda_layers(config)
-    if lambdas and not unsafe:
-        raise CnnlabError(
-            f"{path}: the model has a Lambda layer ({', '.join(lambdas)}), whose Python code would run "
-            "on loading; cnnlab refuses it. Pass --unsafe only if you trust where the file comes from."
-        )
+    _refuse_lambdas(path, config, unsafe)
     model = _load_keras(path, config, unsafe)
     input_shape = _fit_input(model, path, info)
     _check_output(model, path, info)
@@ -218,6 +210,54 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         model=model, path=path, kind=kind, dataset=dataset, scale=scale, input_shape=input_shape,
         loss=loss or file_loss, run_dir=run_dir, data_settings=settings, test_files=test_files, info=info,
     )
+
+
+def load_model_file(path: Path, unsafe: bool = False, unsafe_hint: str = ""):
+    """The Keras model in a .keras/.h5/.hdf5 file, loaded as `load_checkpoint` loads it (uncompiled).
+
+    Its config is read as JSON first and a Lambda layer refused (unless `unsafe`, with
+    `unsafe_hint` telling how to allow it), then Keras loads it in safe mode.
+    """
+    config, _, _ = _read_model_config(path)
+    _refuse_lambdas(path, config, unsafe, unsafe_hint)
+    return _load_keras(path, config, unsafe)
+
+
+def _refuse_lambdas(path: Path, config: dict, unsafe: bool,
+                    hint: str = " Pass --unsafe only if you trust where the file comes from.") -> None:
+    lambdas = _lambda_layers(config)
+    if lambdas and not unsafe:
+        raise CnnlabError(
+            f"{path}: the model has a Lambda layer ({', '.join(lambdas)}), whose Python code would run "
+            f"on loading; cnnlab refuses it.{hint}"
+        )
+
+
+def why_no_checkpoint(run: rundir.Run) -> str:
+    """Why a run has no best.keras, and what can be done, from what its run.json says is true."""
+    info = run.info()
+    status = info.get("status")
+    again = f"`cnnlab train {run.path / rundir.CONFIG}` trains its config again"
+    if status == "running" and rundir.process_alive(info):
+        return (f"it is still training its first epoch (process {info['pid']}); "
+                "evaluate it once an epoch has finished.")
+    if status == "diverged":
+        at = info.get("diverged_at") or {}
+        return (f"its loss diverged at epoch {at.get('epoch', '?')} before any checkpoint was saved; {again}, "
+                "with a smaller learning rate (--set train.optimizer.learning_rate=...).")
+    if status == "completed":
+        return f"the run completed but the file is gone (deleted?); {again}."
+    if (run.path / rundir.RESUME_STATE).exists():
+        return f"it stopped before a checkpoint was saved; continue it with `cnnlab train --resume {run.path}`."
+    if status == "failed":
+        error = info.get("error", "error unknown")
+        return f"it failed before its first epoch finished ({error}); fix that, then {again}."
+    if status == "running":
+        how = f"run.json says running, but its process {info.get('pid', '')} is gone: killed?".replace("  ", " ")
+    else:
+        how = status or "status unknown"
+    return (f"it stopped before its first epoch finished ({how}), so nothing was saved and "
+            f"there is nothing to resume; {again} (this folder can then be deleted).")
 
 
 def _run_config(run_dir: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 from enum import Enum
@@ -51,14 +52,21 @@ def user_errors(command):
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Show TensorFlow's own start-up and log messages (hidden by default; or CNNLAB_VERBOSE=1).")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
+    if verbose:
+        os.environ["CNNLAB_VERBOSE"] = "1"  # read by cnnlab.train.init_backend, before TensorFlow starts
 
 
 Overrides = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", metavar="KEY=VALUE",
-                 help="Override a config value, e.g. --set train.epochs=3 --set model.layers[0].filters=16."),
+                 help="Override a config value, e.g. --set train.epochs=3 --set model.layers[0].filters=16. "
+                      "The value is YAML. One past a list's end appends: --set 'model.layers[8]={type: dropout, "
+                      "rate: 0.1}' on 8 layers."),
 ]
 
 
@@ -70,26 +78,34 @@ def train(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are created.")] = Path("runs"),
     device: Annotated[Device, typer.Option(help="Where to train; gpu fails if there is none.")] = Device.auto,
     resume: Annotated[Optional[Path], typer.Option(
-        "--resume", help="Continue an interrupted run directory instead of starting a new run.")] = None,
+        "--resume", help="Continue an interrupted run directory instead of starting a new run; with "
+                         "--set train.epochs=N, train an interrupted or completed run up to N epochs.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only the result line(s) and errors: no progress bars, layer table or status.")
+    ] = False,
 ) -> None:
     """Train a model from CONFIG into runs/<name>-<timestamp>/ and score it on the test split."""
     from cnnlab import train as training
     from cnnlab.config import load_config
 
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # started so: it stays ignored
+    previous = None if ignored else signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if resume is not None:
-            if config is not None or overrides:
-                raise CnnlabError("--resume takes no CONFIG or --set: the run keeps the config it started with.")
-            result = training.resume(resume, device=device.value, echo=typer.echo, progress=_progress)
+            if config is not None:
+                raise CnnlabError("--resume takes no CONFIG: the run keeps the config it started with "
+                                  "(--set train.epochs=N may extend it).")
+            result = training.resume(resume, device=device.value, echo=typer.echo, overrides=overrides or [],
+                                     quiet=quiet, progress=None if quiet else _progress)
         else:
             if config is None:
                 raise CnnlabError("missing CONFIG: give a YAML file, e.g. `cnnlab train configs/cnn.yaml`.")
             cfg = load_config(config, overrides or [])
-            result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo,
-                                    progress=_progress)
+            result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo, quiet=quiet,
+                                    progress=None if quiet else _progress)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not ignored:
+            signal.signal(signal.SIGTERM, previous)
     if result.status == "interrupted":
         raise typer.Exit(130)
 

@@ -485,6 +485,9 @@ class TrainSection(_Section):
     loop: Literal["fit", "gradient_tape"] = "fit"
     # progress output as Keras' verbose: auto is 1 (a live bar) on a terminal, 2 (a line per epoch) in a log
     verbose: Literal["auto", 0, 1, 2] = "auto"
+    # A run directory (its best.keras) or a .keras/.h5 file to take the starting weights from,
+    # layer by layer in order (shapes must match); null: Keras' initializers. Like LightningCLI's ckpt_path.
+    init_from: str | None = None
 
 
 class Config(_Section):
@@ -599,7 +602,7 @@ def apply_override(data: dict, override: str, source: Path) -> str:
         node = _step(node, part, parts[: depth + 1], override, create=True)
     last = parts[-1]
     if isinstance(last, int):
-        _step(node, last, parts, override, create=False)  # checks the index exists
+        _step(node, last, parts, override, create=True)  # checks the index; one past the end appends
     elif not isinstance(node, dict):
         raise CnnlabError(f"--set {override!r}: {format_path(parts[:-1])} is not a mapping.")
     node[last] = value
@@ -610,10 +613,12 @@ def _step(node: Any, part: str | int, so_far: list, override: str, create: bool)
     if isinstance(part, int):
         if not isinstance(node, list):
             raise CnnlabError(f"--set {override!r}: {format_path(so_far[:-1])} is not a list.")
-        if part >= len(node):
+        if part == len(node) and create:  # model.layers[8]=... on 8 layers: a new last item
+            node.append({})
+        elif part >= len(node):
             raise CnnlabError(
                 f"--set {override!r}: {format_path(so_far)} does not exist "
-                f"(the list has {len(node)} items)."
+                f"(the list has {len(node)} items; [{len(node)}] appends one)."
             )
         return node[part]
     if not isinstance(node, dict):

@@ -2,7 +2,8 @@
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
       config.yaml        the resolved config (every default filled in)
-      run.json           status (running | completed | interrupted | failed), times, epochs done
+      run.json           status, times, epochs done, where it started from (init_from),
+                         the training process (pid, host) and the error of a failed run
       environment.json   Python, TensorFlow, Keras versions; the device trained on
       data.json          the data: classes (names), image size and colour, scale, sample counts,
                          how predict prepares a picture, the test images of a user's data set
@@ -13,16 +14,29 @@
       metrics.json       test loss and accuracy of best.keras, best epoch, timing
       resume/state.keras model + optimizer after the last finished epoch (for --resume)
 
+run.json's status is one of
+      running       a process is training it (or was killed: see pid and host)
+      completed     all epochs (or early stopping) done, best.keras scored: metrics.json
+      interrupted   Ctrl-C, SIGTERM or a full disk; `cnnlab train --resume RUN` continues
+                    it when resume/state.keras exists (at least one epoch finished)
+      diverged      the loss became NaN, infinite or exploded (`diverged_at`: epoch, batch); stopped,
+                    best.keras of the epochs before (if any) scored; not resumable
+      failed        an error stopped it (`error`); resumable if resume/state.keras exists
+
 Every file is written atomically (a temporary file in the same folder, then a rename),
 so a kill at any moment leaves the previous version whole. A run directory is never
-overwritten: a new run always gets a new folder.
+overwritten: a new run always gets a new folder. On a full disk a write raises
+`DiskFull` (naming the file) and the previous version stays; only run.json, which is
+tiny, is then rewritten in place so the run can still be marked interrupted.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +59,27 @@ HISTORY_JSON = "history.json"
 METRICS = "metrics.json"
 DATA = "data.json"
 RESUME_STATE = "resume/state.keras"
+
+
+class DiskFull(CnnlabError):
+    """No space left on the device while writing `path`; its previous version is intact.
+
+    Args:
+        path: the file that could not be written.
+        free: bytes free on that file system after the failed write was cleaned up.
+        needed: about how many bytes the write needs (its previous version's size, if it had one).
+    """
+
+    def __init__(self, path: Path, free: int | None, needed: int | None = None):
+        self.path, self.free, self.needed = path, free, needed
+        space = f"{_size(free)} free there" if free is not None else "the space left is unknown"
+        if needed:
+            space += f", about {_size(needed)} needed"
+        super().__init__(f"no space left on device: {path} could not be written ({space})")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count / 1e3:.0f} kB"
 
 
 def create_run_dir(runs_dir: str | Path, name: str, now: datetime | None = None) -> Path:
@@ -74,17 +109,36 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto `path` when the block succeeds.
 
     `suffix` keeps the extension writers insist on (Keras wants `.keras` or `.h5`).
+    A full disk raises `DiskFull` for `path` (not for the temporary name).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are ordinary files
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are ordinary files
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        _unlink(tmp)  # first: the free space reported is what the user really has
+        raise DiskFull(path, free_bytes(path.parent), path.stat().st_size if path.is_file() else None) from exc
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
+
+
+def _unlink(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free for us on the file system of `folder` (None when it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -108,10 +162,49 @@ def read_json(path: Path) -> dict:
 
 
 def update_json(path: Path, **changes) -> dict:
+    """Change some keys of a JSON file; on a full disk a small existing file is rewritten in place."""
     data = read_json(path) if path.exists() else {}
     data.update(changes)
-    write_json(path, data)
+    try:
+        write_json(path, data)
+    except DiskFull:
+        if not path.is_file():
+            raise
+        _rewrite_in_place(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
     return data
+
+
+def _rewrite_in_place(path: Path, text: str) -> None:
+    """Overwrite a file's own blocks (no new ones needed for a small file): the last resort on a full disk.
+
+    Not atomic: a kill in the middle of this write could tear the file. It is only used when
+    the atomic write already failed for want of space.
+    """
+    encoded = text.encode("utf-8")
+    with path.open("r+b") as handle:
+        handle.write(encoded)
+        handle.truncate(len(encoded))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def this_process() -> dict:
+    """What run.json records about the training process, so others can tell whether it still runs."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def process_alive(info: dict) -> bool:
+    """Whether the process run.json names (pid, host) is alive on this machine (False when unknown)."""
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that number: alive
+        return True
+    return True
 
 
 def copy_file(source: Path, path: Path) -> None:

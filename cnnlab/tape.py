@@ -86,6 +86,8 @@ def fit_with_gradient_tape(model, cfg: Config, splits: Splits, callbacks: list, 
                 iterations.append((len(iterations) + 1, epoch + 1, loss))
                 seen = step * batch_size + len(index)
                 callback_list.on_train_batch_end(step, {"loss": loss_sum / seen, "accuracy": correct / seen})
+                if model.stop_training:  # e.g. TerminateOnNaN: the loss diverged, as model.fit stops mid-epoch
+                    break
             logs = {"loss": loss_sum / len(order), "accuracy": correct / len(order)}
             if splits.x_val is not None:
                 val_loss, val_accuracy = _evaluate(eval_step, splits.x_val, splits.y_val)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import subprocess
 import zipfile
 
 import keras
@@ -74,13 +76,6 @@ def test_a_run_directory_brings_its_checkpoint_dataset_and_scale(tmp_path):
     assert load_checkpoint(run / "best.keras").dataset == "fashion_mnist"
     with pytest.raises(CnnlabError, match=r"trained on fashion_mnist.*--dataset and --scale are for bare model files"):
         load_checkpoint(run, dataset="mnist")
-
-
-def test_a_run_without_a_checkpoint_yet_is_an_error(tmp_path):
-    run = make_run(tmp_path)
-    (run / "best.keras").unlink()
-    with pytest.raises(CnnlabError, match=r"has no best\.keras yet.*--resume"):
-        load_checkpoint(run)
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (28, 28), (784,), (None, None, 1)])
@@ -194,3 +189,49 @@ def test_a_loss_object_in_a_file_gives_its_options(tmp_path, suffix):
         "categorical_crossentropy", 0.1, True)
     probs = loaded.predict(np.random.default_rng(0).random((3, 28, 28), dtype=np.float32))
     assert np.allclose(probs.sum(axis=-1), 1.0) and probs.min() >= 0  # its logits become probabilities
+
+
+def _stopped_run(root, status: str, state: bool = False, **info):
+    """A run directory without best.keras, as a run that stopped early leaves it."""
+    run = make_run(root)
+    (run / "best.keras").unlink()
+    (run / "run.json").write_text(json.dumps({"name": "small", "status": status, **info}))
+    if state:
+        (run / "resume").mkdir()
+        (run / "resume" / "state.keras").write_bytes(b"state")
+    return run
+
+
+@pytest.mark.parametrize("status, state, info, words, not_words", [
+    ("running", False, {"pid": 2 ** 22 + 12345, "host": socket.gethostname()},
+     ["stopped before its first epoch finished (run.json says running, but its process 4206649 is gone: killed?)",
+      "nothing to resume", "config.yaml` trains its config again"],
+     ["--resume"]),
+    ("interrupted", False, {}, ["nothing to resume"], ["--resume"]),
+    ("interrupted", True, {}, ["cnnlab train --resume"], []),
+    ("failed", False, {"error": "--device gpu: TensorFlow sees no GPU"},
+     ["failed before its first epoch finished (--device gpu: TensorFlow sees no GPU)"], ["--resume"]),
+    ("diverged", False, {"diverged_at": {"epoch": 1, "batch": 2}},
+     ["loss diverged at epoch 1", "smaller learning rate"], ["--resume"]),
+], ids=["killed while running", "interrupted in epoch 1", "interrupted with a state", "failed", "diverged"])
+def test_a_run_without_a_checkpoint_gets_advice_that_is_true(tmp_path, status, state, info, words, not_words):
+    run = _stopped_run(tmp_path, status, state, **info)
+    with pytest.raises(CnnlabError) as err:
+        load_checkpoint(run)
+    message = str(err.value)
+    assert message.startswith(f"{run}: the run has no best.keras: ")
+    for word in words:
+        assert word in message
+    for word in not_words:
+        assert word not in message
+
+
+def test_a_run_still_training_its_first_epoch_says_so(tmp_path):
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        run = _stopped_run(tmp_path, "running", pid=alive.pid, host=socket.gethostname())
+        with pytest.raises(CnnlabError, match=rf"still training its first epoch \(process {alive.pid}\)"):
+            load_checkpoint(run)
+    finally:
+        alive.kill()
+        alive.wait()

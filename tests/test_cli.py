@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -82,6 +83,7 @@ def test_gpu_on_a_machine_without_one_is_an_error(runner, write_config, monkeypa
     path = write_config(small_dnn(epochs=1))
     result = runner.invoke(app, ["train", str(path), "--device", "gpu", "--runs-dir", str(path.parent / "runs")])
     assert result.exit_code == 2 and "sees no GPU" in result.stderr
+    assert not (path.parent / "runs").exists()  # no run folder left saying "running" forever
 
 
 @needs_data
@@ -92,6 +94,34 @@ def test_train_command_end_to_end(runner, write_config, tmp_path):
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output
     (run,) = (tmp_path / "runs").iterdir()
+    # what was written, and what to do next
+    assert f"written to {run}/: best.keras, model.tflite, accuracy.png, loss.png, metrics.json, history.csv" in result.stdout
+    assert result.stdout.rstrip().endswith(f"next: cnnlab evaluate {run}\n      cnnlab predict {run} IMAGE...")
+    # a sign of life while nothing else moves (stderr is not a terminal here: one line per step)
+    for status in ("loading mnist ...", "starting TensorFlow ...", "scoring the best checkpoint on 2,000 test samples ...",
+                   "exporting model.tflite for predict ..."):
+        assert status in result.stderr.splitlines()
     assert json.loads((run / "metrics.json").read_text())["test_accuracy"] > 0.8
     assert json.loads((run / "environment.json").read_text())["device"].startswith("CPU")
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 3  # the --set value is what ran
+
+
+def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
+    """TensorFlow prints absl's pre-init WARNING and the oneDNN notice (twice) while it loads; TF_CPP_MIN_LOG_LEVEL
+    does not reach them."""
+    env = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "CNNLAB_VERBOSE")}
+    command = [sys.executable, "-m", "cnnlab", "summary", str(REPO / "configs" / "dnn.yaml")]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0 and "101,770" in quiet.stdout
+    assert quiet.stderr == ""
+    verbose = subprocess.run([*command[:3], "--verbose", *command[3:]], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert verbose.returncode == 0
+    assert "All log messages before absl::InitializeLog()" in verbose.stderr
+    assert "oneDNN custom operations are on" in verbose.stderr  # TensorFlow's x86 CPU build says it
+
+
+def test_set_help_says_how_to_append_a_layer(runner):
+    result = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    text = " ".join(result.output.replace("│", " ").split())  # rich's box around the options
+    assert "--set 'model.layers[8]={type: dropout, rate: 0.1}' on 8 layers" in text

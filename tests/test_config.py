@@ -216,3 +216,13 @@ def test_bad_training_options_name_the_field(write_config, change, words):
     assert message.startswith(str(path)) and "\n" not in message
     for word in words:
         assert word in message, message
+
+
+def test_set_appends_a_list_item_one_past_the_end(write_config):
+    path = write_config(small_dnn())  # three layers
+    cfg = load_config(path, ["model.layers[3]={type: dropout, rate: 0.1}"])
+    assert [layer.type for layer in cfg.model.layers] == ["flatten", "dense", "dense", "dropout"]
+    cfg = load_config(path, ["model.layers[3].type=dropout", "model.layers[3].rate=0.2"])  # built key by key
+    assert cfg.model.layers[3].rate == 0.2
+    with pytest.raises(CnnlabError, match=r"model.layers\[4\] does not exist \(the list has 3 items; \[3\] appends one\)"):
+        load_config(path, ["model.layers[4]={type: dropout, rate: 0.1}"])

@@ -147,6 +147,12 @@ CONFIG_CASES = [
     ("label smoothing in the tape loop", lambda d: d["train"].update(
         loop="gradient_tape", loss={"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1}), [],
      ["train.loop: gradient_tape", "train.loss.label_smoothing"]),
+    ("init_from that is not there", lambda d: d["train"].update(init_from="runs/nope"), [],
+     ["train.init_from: runs/nope", "no such run directory or model file"]),
+    ("init_from not a model file", lambda d: d["train"].update(init_from=str(REPO / "README.md")), [],
+     ["train.init_from", "README.md", "not a run directory or a .keras, .h5, .hdf5 file"]),
+    ("--set append beyond the end", lambda d: None, ["--set", "model.layers[4]={type: dropout, rate: 0.1}"],
+     ["model.layers[4] does not exist", "[3] appends one"]),
 ]
 
 
@@ -329,6 +335,16 @@ def test_runs_dir_not_writable(runner, write_config, tmp_path):
                        ["cannot create", str(blocker)])
 
 
+def test_init_from_a_model_with_a_lambda_layer_is_refused(runner, write_config, tmp_path):
+    model = save_model(tmp_path / "lambda.keras", input_shape=(28, 28),
+                       layers=(keras.layers.Lambda(lambda x: x * 2.0, name="double"),))
+    data = small_dnn()
+    data["train"]["init_from"] = str(model)
+    _assert_user_error(runner, ["train", str(write_config(data)), "--runs-dir", str(tmp_path / "runs")],
+                       ["train.init_from", "Lambda layer (double)", "has to load without running code"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_with_a_config_is_refused(runner, write_config, tmp_path):
     _assert_user_error(runner, ["train", str(write_config(small_dnn())), "--resume", str(tmp_path)],
                        ["--resume takes no CONFIG"])
@@ -434,13 +450,13 @@ def test_command_line_mistakes_are_one_line_too(monkeypatch, capsys, args, words
 
 
 def _assert_user_error(runner, args, words) -> str:
+    """The error is one line, the last on stderr; before it only status lines of slow steps ("loading mnist ...")."""
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    # status lines may come first ("decoding 30 images"); the error is one line, the last
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    *status, line = result.stderr.strip().splitlines()
+    assert all(earlier.endswith(" ...") and not earlier.startswith("error") for earlier in status), result.stderr
+    assert line.startswith("error: ")
     for word in words:
-        assert word in errors[0], f"{word!r} not in {errors[0]!r}"
+        assert word in line, f"{word!r} not in {line!r}"
     assert "Traceback" not in result.output
-    return errors[0]
+    return line

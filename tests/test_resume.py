@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,29 @@ import yaml
 
 from cnnlab import rundir
 from cnnlab.config import validate_config
-from cnnlab.train import train
+from cnnlab.errors import CnnlabError
+from cnnlab.train import StopRequest, resume, train
 
 from conftest import DATA_DIR, needs_data, small_dnn
 
 CNNLAB = [sys.executable, "-m", "cnnlab"]
+
+
+def _as_in_a_terminal():
+    """A child that gets Ctrl-C as a terminal gives it, even when the suite runs as a background job.
+
+    A shell starts `make test &` with SIGINT ignored, the children inherit that, and cnnlab
+    keeps an ignored SIGINT ignored (as Unix programs do); these tests are about Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c_works():
+    """SIGINT as in an interactive Python (the suite itself may have been started with it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def _config(tmp_path: Path) -> Path:
@@ -35,7 +54,7 @@ def _start_and_stop_mid_epoch(config: Path, runs: Path, sig: int) -> tuple[Path,
     """Start `cnnlab train` in its own process; send `sig` once 2 epochs are done."""
     env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR)}
     proc = subprocess.Popen([*CNNLAB, "train", str(config), "--runs-dir", str(runs)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_as_in_a_terminal)
     deadline = time.monotonic() + 300
     run_dir = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -156,7 +175,7 @@ class _SignalInDel:
 
 
 @needs_data
-def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, monkeypatch):
+def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, monkeypatch, ctrl_c_works):
     """Python's own KeyboardInterrupt raised in a __del__ is printed and dropped: training went on."""
     import cnnlab.train as training
 
@@ -176,7 +195,168 @@ def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, mon
     assert result.status == "interrupted"
     info = json.loads((result.run_dir / "run.json").read_text())
     assert info["status"] == "interrupted" and info["epochs_completed"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Python's again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler it found is back
+
+
+def _with_callback(monkeypatch, callback):
+    """Train with one more Keras callback, first in the list (it runs before cnnlab's recorder)."""
+    import cnnlab.train as training
+
+    run_fit = training._run_fit
+    monkeypatch.setattr(training, "_run_fit", lambda keras_, model, cfg_, splits, validation, callbacks, first_epoch,
+                        **options: run_fit(keras_, model, cfg_, splits, validation, [callback, *callbacks],
+                                           first_epoch, **options))
+    return run_fit
+
+
+class _CtrlCAt(keras.callbacks.Callback):
+    """Presses Ctrl-C (a real SIGINT to this process) at one batch of one epoch (both 0-based)."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.at = (epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@needs_data
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_kept_and_advises_no_resume(tmp_path, monkeypatch, ctrl_c_works):
+    from cnnlab.checkpoint import load_checkpoint
+
+    _with_callback(monkeypatch, _CtrlCAt(epoch=0, batch=5))
+    said = []
+    result = train(validate_config(small_dnn(epochs=2), "s"), "s", runs_dir=tmp_path, echo=said.append)
+    assert result.status == "interrupted"
+    text = "\n".join(said)
+    assert "nothing was saved (no checkpoint, nothing to resume)" in text and "--resume" not in text
+    assert f"cnnlab train {result.run_dir / 'config.yaml'}" in text
+    assert json.loads((result.run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (result.run_dir / "best.keras").exists()
+    # evaluate and --resume say the same, and neither suggests a resume that cannot work
+    with pytest.raises(CnnlabError, match="stopped before its first epoch finished.*nothing to resume") as err:
+        load_checkpoint(result.run_dir)
+    assert "--resume" not in str(err.value)
+    with pytest.raises(CnnlabError, match="nothing to resume from") as err:
+        resume(result.run_dir)
+    assert f"cnnlab train {result.run_dir / 'config.yaml'}" in str(err.value)
+
+
+@needs_data
+def test_a_run_that_fails_is_marked_failed_with_its_error(tmp_path, monkeypatch):
+    import cnnlab.train as training
+    from cnnlab.checkpoint import load_checkpoint
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the GPU fell off the bus")
+
+    monkeypatch.setattr(training, "_run_fit", broken)
+    with pytest.raises(RuntimeError):  # a bug or a crash keeps its traceback
+        train(validate_config(small_dnn(epochs=1), "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
+    (run_dir,) = tmp_path.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: the GPU fell off the bus"
+    with pytest.raises(CnnlabError, match=r"failed before its first epoch finished \(RuntimeError: the GPU fell"):
+        load_checkpoint(run_dir)
+
+
+@needs_data
+def test_started_with_sigint_ignored_it_stays_ignored_and_sigterm_still_stops(tmp_path):
+    """`cnnlab train ... &` in a script, or nohup: Ctrl-C in the terminal must not reach it; a kill does."""
+    config = _config(tmp_path)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.Popen([*CNNLAB, "train", str(config), "--runs-dir", str(runs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+    def epochs_done() -> int:
+        found = list(runs.glob("*/run.json"))
+        return json.loads(found[0].read_text())["epochs_completed"] if found else 0
+
+    deadline = time.monotonic() + 300
+    while epochs_done() < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # in epoch 2: ignored
+    while epochs_done() < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "training ended before SIGTERM: " + proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    (run_dir,) = runs.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_completed"] >= 2  # it went on past the SIGINT
+    assert f"cnnlab train --resume {run_dir}" in out
+
+
+def test_stop_request_keeps_an_ignored_sigint_ignored_and_puts_back_what_it_found():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)  # a kill still stops it
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with StopRequest():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@needs_data
+def test_more_epochs_for_a_completed_run_continue_it_in_the_same_folder(tmp_path, runner):
+    from cnnlab.cli import app
+
+    cfg = validate_config(small_dnn(epochs=2), "s")
+    run_dir = train(cfg, "s", runs_dir=tmp_path, echo=lambda _: None).run_dir
+    before = json.loads((run_dir / "metrics.json").read_text())
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "train.epochs=3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("test accuracy")
+    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["epochs_planned"] == 3 and info["epochs_completed"] == 3
+    assert info["extensions"][0]["epochs"] == [2, 3]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 3
+    after = json.loads((run_dir / "metrics.json").read_text())  # scored again
+    assert before["epochs_completed"] == 2 and after["epochs_completed"] == 3
+    assert list(tmp_path.iterdir()) == [run_dir]  # no second folder
+
+
+@needs_data
+def test_more_epochs_for_an_interrupted_run(tmp_path, monkeypatch, ctrl_c_works):
+    run_fit = _with_callback(monkeypatch, _CtrlCAt(epoch=1, batch=5))
+    cfg = validate_config(small_dnn(epochs=2), "s")
+    run_dir = train(cfg, "s", runs_dir=tmp_path, echo=lambda _: None).run_dir
+    assert json.loads((run_dir / "run.json").read_text())["epochs_completed"] == 1
+    import cnnlab.train as training
+
+    monkeypatch.setattr(training, "_run_fit", run_fit)
+    result = resume(run_dir, echo=lambda _: None, overrides=["train.epochs=3"])
+    assert result.status == "completed" and result.metrics["epochs_completed"] == 3
+
+
+def test_resume_allows_only_more_epochs(tmp_path, runner):
+    from cnnlab.cli import app
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_dnn(epochs=2)))
+    (tmp_path / "run.json").write_text('{"status": "completed", "epochs_planned": 2}')
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1}, {"epoch": 2}]}))
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--set", "train.batch_size=64"])
+    assert result.exit_code == 2
+    assert "--set train.batch_size: with --resume only train.epochs can change" in result.stderr
+    assert "two configs" in result.stderr and "train.init_from=" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--set", "train.epochs=2"])
+    assert result.exit_code == 2 and "already finished 2 epochs; give more than 2" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "--set train.epochs=7" in result.stderr  # how to train it further
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
@@ -258,3 +438,56 @@ def test_a_resumed_run_keeps_reduce_on_plateau_counting(tmp_path, monkeypatch):
     assert _rates(reference) == pytest.approx([0.001, 0.001, 0.001, 0.0005])  # reduced after epoch 3
     resumed = _interrupted_then_resumed(cfg, tmp_path / "runs", monkeypatch, after_epoch=2)
     assert _rates(resumed) == pytest.approx(_rates(reference))
+
+
+_FULL_DISK_SCRIPT = """
+set -u
+mkdir -p runs && mount -t tmpfs -o size=3m tmpfs runs || exit 99
+"$PYTHON" -m cnnlab train k.yaml --runs-dir runs --quiet > train.out 2> train.err; echo $? > train.rc
+cp -r runs/. copy/
+# run.json can still be written on a disk with not one byte free: in place
+dd if=/dev/zero of=runs/filler bs=64k 2> /dev/null
+"$PYTHON" -c "from pathlib import Path; from cnnlab import rundir; \
+run = next(Path('runs').glob('*/run.json')); rundir.update_json(run, note='written on a full disk')" > update.out 2>&1
+echo $? > update.rc; cp runs/*/run.json full-run.json
+rm runs/filler
+mount -o remount,size=8m runs  # space freed
+"$PYTHON" -m cnnlab train --resume runs/* --quiet > resume.out 2> resume.err; echo $? > resume.rc
+cp runs/*/run.json resumed-run.json
+"""
+
+
+@needs_data
+def test_a_full_disk_interrupts_the_run_resumably_and_says_so_in_one_line(tmp_path):
+    """A real full file system: a 3 MB tmpfs (mounted in a private mount namespace) as --runs-dir."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1): cannot mount a small file system here")
+    data = small_dnn(epochs=3)  # ~1 MB per checkpoint: epoch 1 fits, epoch 2's writes do not
+    data["model"]["layers"][1]["units"] = 100
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "copy").mkdir()
+    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR), "PYTHON": sys.executable,
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", _FULL_DISK_SCRIPT], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode == 99 or not (tmp_path / "train.rc").exists():
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {done.stderr.strip()[-300:]}")
+    err = (tmp_path / "train.err").read_text()
+    (run_dir,) = (tmp_path / "copy").iterdir()
+    name = f"runs/{run_dir.name}"
+    assert (tmp_path / "train.rc").read_text().strip() == "2", err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith(f"error: no space left on device: {name}/")
+    assert "free there" in lines[0] and "MB needed" in lines[0]
+    assert f"free some space, then continue it with `cnnlab train --resume {name}`" in lines[0]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_completed"] == 1
+    assert "no space left on device" in info["error"]
+    assert keras.saving.load_model(run_dir / "best.keras").count_params() == 79_510  # whole
+    assert not [p for p in run_dir.rglob(".*") if p.is_file()]  # no half-written temporaries
+    assert (tmp_path / "update.rc").read_text().strip() == "0", (tmp_path / "update.out").read_text()
+    assert json.loads((tmp_path / "full-run.json").read_text())["note"] == "written on a full disk"
+    assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.err").read_text()
+    resumed = json.loads((tmp_path / "resumed-run.json").read_text())
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 3

@@ -13,7 +13,7 @@ from cnnlab.config import load_config, validate_config
 from cnnlab.data import prepare
 from cnnlab.errors import CnnlabError
 from cnnlab.model import check_model
-from cnnlab.train import train
+from cnnlab.train import Diverged, train
 
 from conftest import REPO, needs_data, small_dnn
 
@@ -98,3 +98,14 @@ def test_the_tape_loop_takes_adamw_a_schedule_and_l2(tmp_path):
     scores = model.evaluate(splits.x_val, splits.y_val, verbose=0, return_dict=True)
     best = max(history, key=lambda row: row["val_accuracy"])  # best.keras is that epoch's model
     assert scores["loss"] == pytest.approx(best["val_loss"], abs=1e-4)  # ... and of val_loss, as Keras counts it
+
+
+def test_the_tape_loop_stops_when_the_loss_diverges(tmp_path):
+    path = REPO / "configs" / "fashion_cnn_tape.yaml"
+    cfg = load_config(path, ["data.train_samples=2000", "data.test_samples=500", "train.epochs=2",
+                             "train.optimizer.learning_rate=1000000.0"])
+    with pytest.raises(Diverged, match=r"at epoch 1, batch \d+ of 13\b") as err:
+        train(cfg, path, runs_dir=tmp_path, echo=lambda _: None)
+    assert err.value.batch < 13  # stopped inside the epoch, as model.fit does
+    info = json.loads((err.value.run_dir / "run.json").read_text())
+    assert info["status"] == "diverged"

@@ -78,8 +78,10 @@ def test_categorical_loss_trains_on_one_hot_labels(tmp_path):
 
 def test_tensorboard_logs_when_enabled(tmp_path):
     cfg = load_config(REPO / "configs" / "xor_mlp.yaml", ["train.tensorboard=true", "train.epochs=2"])
-    run = train(cfg, "xor_mlp.yaml", runs_dir=tmp_path, echo=lambda _: None).run_dir
+    said = []
+    run = train(cfg, "xor_mlp.yaml", runs_dir=tmp_path, echo=said.append).run_dir
     assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert f"TensorBoard logs: tensorboard --logdir {run / 'tensorboard'}" in said
 
 
 @needs_data
@@ -167,3 +169,91 @@ def test_train_verbose_sets_keras_progress_output(tmp_path, capsys, loop):
         train(validate_config(data, "x"), "x", runs_dir=tmp_path, echo=lambda _: None)
         out = capsys.readouterr().out
         assert ("Epoch 2/2" in out) is shown and (" - loss: " in out) is shown, out
+
+
+
+@needs_data
+def test_a_diverging_loss_stops_the_run_and_says_what_to_try(tmp_path, runner):
+    """The issue's own case: SGD at 1e5 (the loss explodes to ~1e30, finite) used to end at chance, unremarked."""
+    from cnnlab.cli import app
+
+    args = ["train", str(REPO / "configs" / "dnn.yaml"), "--runs-dir", str(tmp_path), "--set", "train.optimizer.name=sgd",
+            "--set", "train.optimizer.learning_rate=100000.0", "--set", "data.train_samples=5000", "--set", "train.epochs=2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    (run,) = tmp_path.iterdir()
+    line = result.stderr.strip().splitlines()[-1]  # after the status lines ("loading mnist ...")
+    assert line.startswith(f"error: {run}: training diverged: the loss reached ")
+    assert "at epoch 1, batch " in line and "no checkpoint saved" in line
+    assert "--set train.optimizer.learning_rate=0.01, sgd's default" in line
+    assert "test accuracy" not in result.stdout  # nothing to score
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "diverged" and info["diverged_at"]["epoch"] == 1 and info["epochs_completed"] == 0
+    assert not (run / "best.keras").exists() and not (run / "metrics.json").exists()
+
+
+@needs_data
+def test_a_run_that_diverges_later_scores_the_checkpoint_it_had(tmp_path, monkeypatch):
+    import cnnlab.train as training
+
+    class LearningRateBlowsUpInEpoch2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.optimizer.learning_rate = 1e9
+
+    run_fit = training._run_fit
+    monkeypatch.setattr(training, "_run_fit", lambda keras_, model, cfg_, splits, validation, callbacks, first_epoch,
+                        **options: run_fit(keras_, model, cfg_, splits, validation,
+                                           [*callbacks, LearningRateBlowsUpInEpoch2()], first_epoch, **options))
+    said = []
+    with pytest.raises(training.Diverged, match=r"at epoch 2, batch \d+ of 250.*best.keras, from the 1 epoch\(s\) before, "
+                                                 r"is scored above") as err:
+        train(validate_config(small_dnn(epochs=3), "s"), "s", runs_dir=tmp_path, echo=said.append)
+    run = err.value.run_dir
+    assert err.value.epoch == 2
+    assert any(line.startswith("test accuracy") for line in said)  # the epoch-1 checkpoint, scored
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.85 and metrics["diverged_at"]["epoch"] == 2 and metrics["best_epoch"] == 1
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())["epochs"]] == [1]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "diverged" and info["epochs_completed"] == 1
+    assert np.isfinite(keras.saving.load_model(run / "best.keras").get_weights()[0]).all()
+
+
+@needs_data
+def test_init_from_a_run_starts_from_its_weights(tmp_path, runner):
+    from cnnlab.cli import app
+
+    cfg = validate_config(small_dnn(epochs=1), "s")
+    first = train(cfg, "s", runs_dir=tmp_path / "a", echo=lambda _: None).run_dir
+    said = []
+    second = train(validate_config(small_dnn(epochs=1, init_from=str(first)), "s"), "s", runs_dir=tmp_path / "b",
+                   echo=said.append).run_dir
+    assert f"starting from the weights of {first / 'best.keras'}" in said
+    assert json.loads((second / "run.json").read_text())["init_from"] == str(first / "best.keras")
+    scratch = json.loads((first / "history.json").read_text())["epochs"][0]
+    started = json.loads((second / "history.json").read_text())["epochs"][0]
+    assert started["accuracy"] > scratch["accuracy"] + 0.03  # about 0.95 against 0.87
+    # a model of another shape: the first layer that does not fit is named
+    data = small_dnn(epochs=1, init_from=str(first))
+    data["model"]["layers"][1]["units"] = 32
+    path = tmp_path / "narrow.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert (f"{path}: train.init_from: {first}: layer 1 (dense) has weights of shape (784, 64), this config's "
+            "model.layers[1] (dense) needs (784, 32).") in result.stderr
+    assert not (tmp_path / "c").exists()  # refused before any folder was made
+
+
+@needs_data
+def test_quiet_prints_only_the_result(tmp_path, runner, write_config):
+    from cnnlab.cli import app
+
+    result = runner.invoke(app, ["train", str(write_config(small_dnn(epochs=1))), "--runs-dir", str(tmp_path / "r"),
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "r").iterdir()
+    assert result.stdout.splitlines() == [result.stdout.splitlines()[0]]
+    assert result.stdout.startswith("test accuracy ") and f"{run}/best.keras" in result.stdout
+    assert result.stderr == ""

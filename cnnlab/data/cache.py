@@ -159,7 +159,7 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, progress: Progress | None, 
             return blank, _reason(exc, manifest.path(index))
 
     total = len(manifest.files)
-    bar = progress(total, f"decoding {total:,} images") if progress else nullcontext(lambda n: None)
+    bar = progress(total, f"decoding {total:,} images ...") if progress else nullcontext(lambda n: None)
     with bar as update, ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for start in range(0, total, _CHUNK):
             indices = range(start, min(total, start + _CHUNK))
