@@ -114,6 +114,9 @@ CONFIG_CASES = [
      ["unknown key 'model.layers[1].unitz'", "did you mean 'units'"]),
     ("more samples than the data set", lambda d: d["data"].update(train_samples=70000), [],
      ["data.train_samples", "70000", "60,000"]),
+    ("model too large for memory", lambda d: None, ["--set", "model.layers[1].units=1000000000"],
+     ["model.layers[1] (dense) has 785,000,000,000 parameters (2.9 TiB as float32)", "TiB to train",
+      "of memory free", "use fewer units"]),
     ("stratified split too small for the classes", lambda d: d["data"].update(train_samples=15), [],
      ["data.validation", "15 samples", "10 classes"]),
 ]
@@ -199,11 +202,17 @@ def test_resume_with_a_config_is_refused(runner, write_config, tmp_path):
                        ["--resume takes no CONFIG"])
 
 
-def test_a_bad_config_fails_before_tensorflow_is_imported(write_config):
+@pytest.mark.parametrize("command, change", [
+    ("train", lambda d: _conv(d, kernel_size=16)),
+    ("train", lambda d: _layers(d)[1].update(units=10**9)),  # 3 TiB of weights: refused, not allocated
+    ("summary", lambda d: _layers(d)[1].update(units=10**9)),
+    ("config", lambda d: _layers(d)[1].update(units=10**9)),
+], ids=["shapes", "memory (train)", "memory (summary)", "memory (config)"])
+def test_a_bad_config_fails_before_tensorflow_is_imported(write_config, command, change):
     data = small_dnn()
-    _conv(data, kernel_size=16)
+    change(data)
     code = ("import sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
-            f"r = CliRunner().invoke(app, ['train', {str(write_config(data))!r}]); "
+            f"r = CliRunner().invoke(app, [{command!r}, {str(write_config(data))!r}]); "
             "print(r.exit_code, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False"]
