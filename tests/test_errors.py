@@ -22,7 +22,7 @@ from PIL import Image
 from cnnlab.cli import app, main
 
 from conftest import DATA_DIR, REPO, needs_data, small_dnn
-from test_checkpoint import save_model
+from test_checkpoint import save_model, zip_bomb
 from test_preprocess import _png_header, draw_digit
 
 
@@ -268,6 +268,8 @@ MODEL_CASES = [
      ["cifar.keras", "(32, 32, 3)", "trained on other data", "28x28"]),
     ("model with other classes", lambda d: save_model(d / "five.keras", outputs=5), ["five.keras", "10 classes"]),
     ("Lambda layer", _lambda_model, ["lambda.keras", "Lambda layer (double)", "--unsafe"]),
+    ("zip bomb", lambda d: zip_bomb(d / "bomb.keras", weights_declared=2**32 - 2),
+     ["bomb.keras", "refuses", "model.weights.h5 declares 4.0 GiB but stores 1.0 KiB"]),
     ("folder that is not a run", lambda d: (d / "folder").mkdir() or d / "folder", ["folder", "not a cnnlab run directory"]),
 ]
 
