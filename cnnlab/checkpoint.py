@@ -141,6 +141,11 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
     run_dir = None
     if target.is_dir():
         run = rundir.open_run(target)
+        if run.is_baseline:
+            raise CnnlabError(
+                f"{target}: is a baseline run, {run.baseline_summary()}; it holds no network to evaluate or "
+                f"predict with, but `cnnlab compare RUN... {target}` draws its accuracy beside trained runs' curves."
+            )
         run_dir, path = run.path, run.checkpoint
         if not path.exists():
             raise CnnlabError(
