@@ -133,7 +133,10 @@ def summary(
 @app.command()
 @user_errors
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay (their config names make the legend).")],
+    runs: Annotated[list[Path], typer.Argument(help=(
+        "Run directories to overlay. The legend names each by its config name, or by its folder name where "
+        "several runs share a config name. A baseline run is a level line at its accuracy; a run with no "
+        "finished epoch is skipped with a warning."))],
     output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.")] = Path("comparison.png"),
 ) -> None:
     """Overlay the loss and accuracy curves (train and validation) of several runs in one PNG."""
@@ -141,7 +144,8 @@ def compare(
 
     if output.suffix.lower() != ".png":
         raise CnnlabError(f"--output {output}: the figure is a PNG; give a file name ending in .png.")
-    typer.echo(f"wrote {plot_comparison(runs, output)}")
+    written = plot_comparison(runs, output, warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    typer.echo(f"wrote {written}")
 
 
 class BaselineMethod(str, Enum):
