@@ -36,25 +36,51 @@ def history_metrics(rows: list[dict]) -> list[str]:
     return sorted(names, key=lambda name: (name != "loss", name))
 
 
-def plot_history(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """One PNG per metric (`loss.png`, `accuracy.png`): train vs validation per epoch."""
+def best_row(rows: list[dict], monitor: str, mode: str) -> dict | None:
+    """The history row whose `monitor` is best (`mode` 'max' or 'min'; the first of ties), as the
+    checkpoint keeps it and metrics.json's best_epoch names it; None if no row has the value."""
+    import numpy as np
+
+    values = [row.get(monitor, np.nan) for row in rows]
+    if all(np.isnan(value) for value in values):
+        return None
+    return rows[int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))]
+
+
+def plot_history(rows: list[dict], out_dir: Path, title: str, monitor: str | None = None,
+                 mode: str = "max") -> list[Path]:
+    """One PNG per metric (`loss.png`, `accuracy.png`): train vs validation per epoch.
+
+    With `monitor` (the checkpoint's, e.g. val_accuracy) and its `mode` ('max' or 'min'),
+    the best epoch, the one best.keras holds, is a vertical line on every plot and a star
+    on the monitored curve.
+    """
+    return [_save(history_figure(rows, name, title, monitor, mode), out_dir / f"{name}.png")
+            for name in history_metrics(rows)]
+
+
+def history_figure(rows: list[dict], name: str, title: str, monitor: str | None = None, mode: str = "max"):
+    """The figure of `plot_history` for one metric `name` (loss, accuracy)."""
     plt = _pyplot()
-    written = []
     epochs = [row["epoch"] for row in rows]
-    for name in history_metrics(rows):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        ax.plot(epochs, [row[name] for row in rows], "o-", label=f"train {name}")
-        if f"val_{name}" in rows[0]:
-            ax.plot(epochs, [row[f"val_{name}"] for row in rows], "s--", label=f"validation {name}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_title(f"{title}: {name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        if len(epochs) < 25:
-            ax.set_xticks(epochs)
-        written.append(_save(fig, out_dir / f"{name}.png"))
-    return written
+    best = best_row(rows, monitor, mode) if monitor else None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(epochs, [row[name] for row in rows], "o-", label=f"train {name}")
+    if f"val_{name}" in rows[0]:
+        ax.plot(epochs, [row[f"val_{name}"] for row in rows], "s--", label=f"validation {name}")
+    if best is not None:
+        ax.axvline(best["epoch"], color="tab:green", ls=":", lw=1.5,
+                   label=f"best epoch {best['epoch']} ({monitor} {best[monitor]:.4f})")
+        if monitor in (name, f"val_{name}"):
+            ax.plot([best["epoch"]], [best[monitor]], "*", color="tab:green", ms=14, zorder=5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{title}: {name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if len(epochs) < 25:
+        ax.set_xticks(epochs)
+    return fig
 
 
 def plot_iterations(iterations: list[tuple[int, int, float]], epochs: list[dict], path: Path,
@@ -209,7 +235,13 @@ def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, titl
     Rows are the true class, columns the predicted one. Hits are shaded by the share
     of their row, errors by their count against the largest error, so the few
     off-diagonal cells that matter stand out even when the diagonal holds thousands.
+    Each count is black or white, whichever reads better on its cell.
     """
+    return _save(confusion_matrix_figure(matrix, class_names, title), path)
+
+
+def confusion_matrix_figure(matrix, class_names: tuple[str, ...], title: str):
+    """The figure of `plot_confusion_matrix`."""
     import numpy as np
 
     plt = _pyplot()
@@ -223,14 +255,15 @@ def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, titl
     worst = max(int(errors.max(initial=0)), 1)
     side = 5.2 + 0.32 * n + (1.6 if named else 0)
     fig, ax = plt.subplots(figsize=(side, side - 0.6))
-    ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greens", vmin=0, vmax=1.15)
-    ax.imshow(np.ma.masked_where(diagonal | (matrix == 0), errors), cmap="Reds", vmin=-0.25 * worst, vmax=worst)
+    hits = ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greens", vmin=0, vmax=1.15)
+    misses = ax.imshow(np.ma.masked_where(diagonal | (matrix == 0), errors), cmap="Reds",
+                       vmin=-0.25 * worst, vmax=worst)
     for (row, col), count in np.ndenumerate(matrix):
         if count == 0:
             continue
-        dark = share[row, col] > 0.6 if row == col else errors[row, col] > 0.55 * worst
+        cell = hits.to_rgba(share[row, col]) if row == col else misses.to_rgba(errors[row, col])
         ax.text(col, row, str(count), ha="center", va="center", fontsize=8 if count < 1000 else 7,
-                color="white" if dark else "black")
+                color=text_color(cell))
     ax.set_xticks(range(n), labels, rotation=45 if named else 0, ha="right" if named else "center")
     ax.set_yticks(range(n), labels)
     ax.set_xticks(np.arange(-0.5, n), minor=True)
@@ -242,7 +275,19 @@ def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, titl
     total = int(matrix.sum())
     ax.set_title(f"{title}\naccuracy {np.trace(matrix) / max(total, 1):.4f} on {total} images "
                  f"({total - int(np.trace(matrix))} errors, in red)")
-    return _save(fig, path)
+    return fig
+
+
+def text_color(background) -> str:
+    """Black or white, whichever contrasts more with `background` (RGB(A) in 0..1), by its luminance.
+
+    scikit-learn's ConfusionMatrixDisplay picks one end of its colormap by the cell's value;
+    here hits and errors have colormaps and ranges of their own, so the cell's colour decides.
+    """
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in background[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]  # WCAG relative luminance
+    # the contrast ratios (L1 + 0.05) / (L2 + 0.05) with black and with white are equal at L = 0.179
+    return "black" if luminance > 0.179 else "white"
 
 
 def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], path: Path, title: str,

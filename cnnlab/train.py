@@ -131,7 +131,8 @@ def _fit(cfg: Config, plan: ModelPlan, raw: RawData, run_dir: Path, device: str,
     seconds = time.perf_counter() - started
     rows = recorder.rows
     if rows:
-        plot_history(rows, run_dir, cfg.name)
+        ck = cfg.train.checkpoint
+        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
     if status == "interrupted":
         rundir.update_json(run_dir / rundir.RUN, status="interrupted", stopped=_now(), epochs_completed=len(rows))
         echo(f"\ninterrupted after {len(rows)} finished epoch(s); the best checkpoint is kept.")
