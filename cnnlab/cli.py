@@ -20,7 +20,7 @@ import typer
 from cnnlab.errors import CnnlabError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False,  # with --install-completion / --show-completion
     help="Train, evaluate and use Keras image classifiers from one YAML file.",
 )
 _state = {"debug": False}
@@ -48,9 +48,19 @@ def user_errors(command):
     return wrapper
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # the installed package's, without importing TensorFlow
+
+        typer.echo(f"cnnlab {version('cnnlab')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print cnnlab's version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
 
