@@ -211,10 +211,14 @@ def comparison_curves(run_paths: list[str | Path], warn: Callable[[str], None] |
         if warn is not None:
             warn(f"{run.folder}: skipped, it has no finished epoch ({HISTORY_JSON} is missing or empty).")
     if not any(run.rows for run in runs):
+        baselines = [str(run.folder) for run in runs]
+        why = [f"{', '.join(skipped)} {'has' if len(skipped) == 1 else 'have'} no finished epoch ({HISTORY_JSON})"
+               if skipped else "",
+               f"{', '.join(baselines)} {'is a baseline run' if len(baselines) == 1 else 'are baseline runs'}, "
+               "drawn only beside a trained run's curves" if baselines else ""]
         raise CnnlabError(
-            f"nothing to compare: {', '.join(skipped or map(str, run_paths))} "
-            f"{'has' if len(run_paths) == 1 else 'have'} no finished epoch ({HISTORY_JSON}); "
-            "compare draws the runs of `cnnlab train` once an epoch has finished."
+            f"nothing to compare: {'; '.join(part for part in why if part)}; compare draws the runs of "
+            "`cnnlab train` once an epoch has finished."
         )
     for unique in (lambda run: run.folder.resolve().name, lambda run: str(run.folder)):
         counts = Counter(run.name for run in runs)

@@ -106,3 +106,15 @@ def test_a_baseline_run_is_a_level_line_at_its_accuracy(tmp_path):
 def test_the_output_must_be_a_png(runner, tmp_path):
     result = runner.invoke(app, ["compare", str(_run(tmp_path, "a", [0.5])), "-o", str(tmp_path / "x.pdf")])
     assert result.exit_code == 2 and "ending in .png" in result.stderr
+
+
+def test_only_baseline_runs_is_an_error_that_says_so(runner, tmp_path):
+    svm = _run(tmp_path, "dnn-svm", [], history=False)
+    rundir.write_json(svm / rundir.RUN, {"name": "dnn-svm", "kind": "baseline", "method": "svm"})
+    rundir.write_json(svm / rundir.METRICS, {"method": "svm", "test_accuracy": 0.92})
+    fresh = _run(tmp_path, "fresh", [], history=False)
+    result = runner.invoke(app, ["compare", str(svm), str(fresh), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and not (tmp_path / "x.png").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: nothing to compare: {fresh} has no finished epoch (history.json); {svm} is a baseline run, "
+        "drawn only beside a trained run's curves; compare draws the runs of `cnnlab train` once an epoch has finished.")
