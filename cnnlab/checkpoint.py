@@ -7,6 +7,10 @@ TARGET is one of
   full-model HDF5): the dataset and scaling are given by the user (MNIST, x / 255 by
   default), or come from the run directory the file sits in.
 
+A `.keras` file is a zip archive: before any entry is read (by cnnlab or by Keras),
+`check_archive` compares the sizes its directory declares with sane limits, so a small
+file that expands to gigabytes (a decompression bomb) is refused without costing memory.
+
 Loading never runs code from the file. Before Keras sees it, the model's config is
 read as plain JSON (the `config.json` of a `.keras` zip, the `model_config` attribute
 of an HDF5 file) and a `Lambda` layer, whose Python bytecode would run while the model
@@ -27,15 +31,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +49,7 @@ from cnnlab import rundir
 from cnnlab.data import DATASETS, DatasetInfo, describe, info_from_record
 from cnnlab.errors import CnnlabError
 from cnnlab.export import TFLITE, LiteModel
+from cnnlab.model import available_memory, format_bytes
 
 if TYPE_CHECKING:
     from cnnlab.config import Loss
@@ -155,6 +162,11 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
     run_dir, settings, test_files, info = None, None, None, None
     if target.is_dir():
         run = rundir.open_run(target)
+        if run.is_baseline:
+            raise CnnlabError(
+                f"{target}: is a baseline run, {run.baseline_summary()}; it holds no network to evaluate or "
+                f"predict with, but `cnnlab compare RUN... {target}` draws its accuracy beside trained runs' curves."
+            )
         run_dir, path = run.path, run.checkpoint
         if not path.exists():
             raise CnnlabError(f"{target}: the run has no {rundir.BEST}: {why_no_checkpoint(run)}")
@@ -307,6 +319,7 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
     if path.is_dir():
         raise CnnlabError(f"{path}: is a folder; a model file ends in {', '.join(MODEL_SUFFIXES)}.")
     if path.suffix.lower() == ".keras":
+        check_archive(path)  # before any entry is read, by us or by Keras
         try:
             with zipfile.ZipFile(path) as archive:
                 config = json.loads(archive.read("config.json"))
@@ -339,6 +352,94 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
         raise CnnlabError(f"{path}: the model_config in the file is not valid JSON (corrupt file).") from None
     version = attrs.get("keras_version")
     return _as_model_config(config, path), _text(version) if version is not None else None, _file_loss(training.get("loss"))
+
+
+# What a real .keras archive holds: config.json and metadata.json (a few KB), model.weights.h5,
+# and maybe assets. Keras stores its entries uncompressed; float weights deflate by about 1.1x,
+# JSON by 5-20x. Deflate itself cannot exceed about 1032x: that is what a bomb uses.
+ARCHIVE_JSON_LIMITS = {"config.json": 8 * 2**20, "metadata.json": 2**20}
+ARCHIVE_MAX_ENTRIES = 1000
+ARCHIVE_MAX_RATIO = 100  # uncompressed / compressed, for entries above ARCHIVE_RATIO_FLOOR
+ARCHIVE_RATIO_FLOOR = 2**20
+_END_OF_CENTRAL_DIRECTORY = b"PK\x05\x06"
+
+
+def check_archive(file: str | Path | IO[bytes], name: str | None = None, available: int | None = None) -> None:
+    """Refuse a .keras (zip) archive whose declared sizes could exhaust memory, before reading an entry.
+
+    Only the archive's directory is read: each entry's declared size (which also caps what
+    reading it can produce), its compression ratio, the entry count and the total, against
+    the limits above and half of this machine's free memory (Keras holds the weights file
+    and the model's variables at once). For a model file the user gives, and for uploads.
+
+    Args:
+        file: a path, or a seekable binary file object (an upload).
+        name: how to name the file in messages (default: the path).
+        available: bytes of free memory (default: measured, see `cnnlab.model.available_memory`).
+
+    Example:
+        check_archive("model.keras")
+        check_archive(io.BytesIO(upload), name="upload.keras")
+    """
+    label = name or str(file)
+    try:
+        with contextlib.ExitStack() as stack:
+            handle = stack.enter_context(open(file, "rb")) if isinstance(file, (str, Path)) else file
+            stack.callback(handle.seek, 0)  # an upload is read again from its start
+            _check_directory_size(handle, label)
+            entries = stack.enter_context(zipfile.ZipFile(handle)).infolist()
+    except (zipfile.BadZipFile, EOFError):
+        raise CnnlabError(f"{label}: is not a complete .keras file (not a zip archive: truncated or corrupt).") from None
+    except OSError as exc:
+        raise CnnlabError(f"{label}: cannot read the .keras file ({exc.strerror or exc}).") from None
+    refuse = f"{label}: cnnlab refuses this .keras file:"
+    if len(entries) > ARCHIVE_MAX_ENTRIES:
+        raise CnnlabError(f"{refuse} it has {len(entries):,} entries; a Keras model has a few (at most "
+                          f"{ARCHIVE_MAX_ENTRIES:,} are accepted).")
+    for entry in entries:
+        declared, stored = entry.file_size, entry.compress_size
+        limit = ARCHIVE_JSON_LIMITS.get(entry.filename)
+        if limit is not None and declared > limit:
+            raise CnnlabError(
+                f"{refuse} its {entry.filename} declares {format_bytes(declared)} (stored in "
+                f"{format_bytes(stored)}); a model's {entry.filename} is a few KB (at most {format_bytes(limit)} "
+                "is accepted)."
+            )
+        if declared > ARCHIVE_RATIO_FLOOR and declared > ARCHIVE_MAX_RATIO * max(stored, 1):
+            raise CnnlabError(
+                f"{refuse} its entry {entry.filename} declares {format_bytes(declared)} but stores "
+                f"{format_bytes(stored)} ({declared / max(stored, 1):,.0f}x compressed; model weights "
+                f"never compress more than {ARCHIVE_MAX_RATIO}x): a decompression bomb."
+            )
+    total = sum(entry.file_size for entry in entries)
+    available = available_memory() if available is None else available
+    if available is not None and total > available // 2:
+        biggest = max(entries, key=lambda entry: entry.file_size)
+        raise CnnlabError(
+            f"{refuse} its entries expand to {format_bytes(total)} ({biggest.filename}: "
+            f"{format_bytes(biggest.file_size)}), more than half of this machine's "
+            f"{format_bytes(available)} of free memory, which loading it would need."
+        )
+
+
+def _check_directory_size(handle: IO[bytes], label: str) -> None:
+    """The archive's directory, from its last record, before zipfile builds an object per entry."""
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    tail_size = min(size, 22 + 65535)  # the end record, and a comment of at most 64 KiB
+    handle.seek(size - tail_size)
+    tail = handle.read(tail_size)
+    handle.seek(0)
+    at = tail.rfind(_END_OF_CENTRAL_DIRECTORY)
+    if at < 0 or len(tail) - at < 22:
+        return  # not a zip: zipfile says so
+    entries, directory_bytes = struct.unpack("<HI", tail[at + 10:at + 16])
+    if entries != 0xFFFF and entries > ARCHIVE_MAX_ENTRIES:  # 0xFFFF: zip64, counted once parsed
+        raise CnnlabError(f"{label}: cnnlab refuses this .keras file: it has {entries:,} entries; a Keras model "
+                          f"has a few (at most {ARCHIVE_MAX_ENTRIES:,} are accepted).")
+    if directory_bytes != 0xFFFFFFFF and directory_bytes > ARCHIVE_MAX_ENTRIES * 1024:
+        raise CnnlabError(f"{label}: cnnlab refuses this .keras file: its directory of entries takes "
+                          f"{directory_bytes:,} bytes; a Keras model's takes a few hundred.")
 
 
 def _text(value) -> str:

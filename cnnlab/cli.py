@@ -21,7 +21,7 @@ import typer
 from cnnlab.errors import CnnlabError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False,  # with --install-completion / --show-completion
     help="Train, evaluate and use Keras image classifiers from one YAML file.",
 )
 _state = {"debug": False}
@@ -49,12 +49,22 @@ def user_errors(command):
     return wrapper
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # the installed package's, without importing TensorFlow
+
+        typer.echo(f"cnnlab {version('cnnlab')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error.")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", help="Show TensorFlow's own start-up and log messages (hidden by default; or CNNLAB_VERBOSE=1).")
     ] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print cnnlab's version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
     if verbose:
@@ -150,7 +160,10 @@ def summary(
 @app.command()
 @user_errors
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay (their config names make the legend).")],
+    runs: Annotated[list[Path], typer.Argument(help=(
+        "Run directories to overlay. The legend names each by its config name, or by its folder name where "
+        "several runs share a config name. A baseline run is a level line at its accuracy; a run with no "
+        "finished epoch is skipped with a warning."))],
     output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.")] = Path("comparison.png"),
 ) -> None:
     """Overlay the loss and accuracy curves (train and validation) of several runs in one PNG."""
@@ -158,7 +171,8 @@ def compare(
 
     if output.suffix.lower() != ".png":
         raise CnnlabError(f"--output {output}: the figure is a PNG; give a file name ending in .png.")
-    typer.echo(f"wrote {plot_comparison(runs, output)}")
+    written = plot_comparison(runs, output, warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    typer.echo(f"wrote {written}")
 
 
 class BaselineMethod(str, Enum):

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -61,8 +62,9 @@ RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_len
 
 
 class _Section(BaseModel):
-    # strict: YAML's `yes`/`true` must not become units: 1, nor 2.5 become 2 (an int still makes a float)
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # strict: YAML's `yes`/`true` must not become units: 1, nor 2.5 become 2 (an int still makes a float);
+    # no .inf/.nan: no rate, scale or size in the schema means anything infinite or undefined
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # --- model.layers -------------------------------------------------------------------
@@ -512,7 +514,7 @@ class Config(_Section):
         return True
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.dump(self.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False)
 
 
 def output_units(cfg: Config) -> int | None:
@@ -562,7 +564,14 @@ def read_yaml_mapping(path: Path) -> dict:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key written twice in one mapping is an error, not "last one wins"."""
+    """YAML's safe loader, but a key written twice in one mapping is an error, not "last one wins",
+    and numbers read as YAML 1.2 reads them.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: `1e-3`, `5E4`,
+    `-2E+2` and `+.5` stay strings there, and `learning_rate: 1e-3` would be refused as text.
+    YAML 1.2 (and every JSON reader) takes them as numbers; so does cnnlab. A quoted '1e-3'
+    stays a string.
+    """
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -574,6 +583,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML's safe dumper, knowing the numbers `_UniqueKeyLoader` reads: the string '1e-3' is quoted."""
+
+
+# Only what YAML 1.1 misses: an exponent without a dot or without a sign, or a signed `.5`.
+# Integers never match (no dot, no exponent), so `units: 10` stays an int.
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+|\.[0-9]+(?:[eE][-+]?[0-9]+)?)$")
+for _cls in (_UniqueKeyLoader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+.0123456789"))
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -594,7 +614,7 @@ def apply_override(data: dict, override: str, source: Path) -> str:
     for name, index in _PATH_PART.findall(key.strip()):
         parts.append(int(index) if index else (int(name) if name.isdigit() else name))
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_UniqueKeyLoader)  # the numbers a config file accepts
     except yaml.YAMLError:
         raise CnnlabError(f"--set {override!r}: the value {raw!r} is not valid YAML.") from None
     node: Any = data
@@ -694,10 +714,21 @@ def _describe(error: dict, data: dict) -> str:
         return f"{path}: {error['msg']}."
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{path}: expected a mapping of keys, got {value!r}."
+    if kind in ("float_type", "int_type") and isinstance(value, str) and _is_number(value):
+        return f"{path}: {value!r} is text because it is quoted; write the number without quotes ({value.strip()})."
     return f"{path}: {error['msg'].rstrip('.')} (got {value!r})."
 
 
 _OWN_ERRORS = ("metric", "one_of", "loss_option")
+
+
+def _is_number(text: str) -> bool:
+    """Whether `text` unquoted would be a (finite) number in a config."""
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError:
+        return False
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _child(node: Any, part: Any) -> Any:

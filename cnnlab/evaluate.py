@@ -64,7 +64,8 @@ class Evaluation:
         loaded = self.loaded
         macro = {key: float(np.mean([row[key] for row in self.per_class])) for key in ("precision", "recall", "f1")}
         return {
-            "model": str(loaded.path), "kind": loaded.kind, "dataset": loaded.dataset, "scale": loaded.scale,
+            "model": str(loaded.path), "kind": loaded.kind, "dataset": loaded.dataset,
+            "scale": loaded.scale if loaded.info.is_image else None,  # xor is not scaled
             "input_shape": list(loaded.input_shape), "samples": self.samples,
             "loss": self.loss, "loss_name": self.loss_name, "loss_options": self.loss_options,
             "loss_as_trained": self.loss_as_trained,
@@ -83,10 +84,11 @@ class Evaluation:
         named = any(name != str(i) for i, name in enumerate(names))
         labels = [f"{i} {name}" if named else name for i, name in enumerate(names)]
         how = "as trained" if self.loss_as_trained else "the file does not say how it was trained"
+        scaling = f"x / {loaded.scale:g}" if loaded.info.is_image else "not scaled"
         lines = [
             f"model     {loaded.path} ({loaded.kind})",
             f"data      {loaded.dataset} test split, {self.samples} samples, input {loaded.input_shape}, "
-            f"x / {loaded.scale:g}",
+            f"{scaling}",
             f"loss      {self.loss:.4f} ({', '.join(filter(None, (self.loss_name, self.loss_options, how)))})",
             f"accuracy  {self.accuracy:.4f} ({self.correct} of {self.samples} right)",
             "",
@@ -130,9 +132,11 @@ def evaluate(target: str | Path, dataset: str | None = None, scale: float | None
     loaded = load_checkpoint(target, dataset=dataset, scale=scale, unsafe=unsafe)
     info = loaded.info
     images, labels = test_set(loaded, progress)
-    probs = loaded.predict(loaded.prepare(images))
+    x = loaded.prepare(images)
+    probs = loaded.predict(x)
     predicted = class_predictions(probs)
-    result = _score(loaded, labels, probs, predicted, loaded.loss or FALLBACK_LOSS, info.num_classes)
+    loss = loaded.loss or FALLBACK_LOSS
+    result = _score(loaded, labels, probs, predicted, loss, _loss(loaded, loss, x, probs, labels, info.num_classes))
 
     out_dir = Path(out) if out is not None else (loaded.run_dir / OUTPUT_DIR if loaded.run_dir else None)
     if out_dir is not None:
@@ -154,10 +158,10 @@ def test_set(loaded: LoadedModel, progress=None) -> tuple[np.ndarray, np.ndarray
 
 
 def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
-           loss: Loss, num_classes: int) -> Evaluation:
+           loss: Loss, value: float) -> Evaluation:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    classes = list(range(num_classes))
+    classes = list(range(len(loaded.class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0)
     per_class = [
@@ -178,7 +182,7 @@ def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted
     options = [f"label_smoothing {loss.label_smoothing:g}"] if loss.label_smoothing else []
     options += [f"+ weight penalty {penalty:.4g}"] if penalty else []
     return Evaluation(
-        loaded=loaded, samples=len(labels), loss=_loss(loss, probs, labels, num_classes) + penalty,
+        loaded=loaded, samples=len(labels), loss=value,
         loss_name=loss.name, loss_as_trained=loaded.loss is not None, loss_options=", ".join(options),
         accuracy=correct / max(len(labels), 1), correct=correct, per_class=per_class,
         confusion=confusion_matrix(labels, predicted, labels=classes), mistakes=mistakes,
@@ -186,11 +190,18 @@ def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted
     )
 
 
-def _loss(loss: Loss, probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """The loss as Keras computes it in training (label smoothing included), on the model's probabilities.
+def _loss(loaded: LoadedModel, loss: Loss, x: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+          num_classes: int) -> float:
+    """The loss as Keras computes it in training: `model.evaluate` with the trained loss (label
+    smoothing included) and the weight penalties the model's kernel_regularizers add.
 
-    `probs` are probabilities even for a model trained on logits (LoadedModel.predict applies
-    the softmax or sigmoid), so the loss takes them as such: the same value.
+    Not the loss function applied to `probs`: a softmax or sigmoid output tensor carries its
+    logits (`_keras_logits`), and Keras' losses compute from those, which numpy probabilities
+    cannot. The numbers differ where it matters: categorical cross-entropy from logits is not
+    clipped at 1e-7, and binary_crossentropy on a 2-unit softmax (the XOR MLP) is taken on
+    sigmoid(logits), not on the softmax probabilities (0.1298 vs 0.0380 for xor_mlp.yaml).
+    `fit` reports, the checkpoint monitors and `train` scores the former; so does evaluate.
+    A TFLite model has no logits to reach and no penalty: its probabilities are scored.
     """
     import keras
 
@@ -203,6 +214,9 @@ def _loss(loss: Loss, probs: np.ndarray, labels: np.ndarray, num_classes: int) -
         targets = labels.reshape(-1, 1).astype("float32")
     else:
         targets = encode_labels(labels, num_classes, one_hot=True)
+    if isinstance(loaded.model, keras.Model):
+        loaded.model.compile(loss=make_loss(keras, loss, one_hot))
+        return float(loaded.model.evaluate(x, targets, batch_size=256, verbose=0))
     keras_loss = make_loss(keras, loss.model_copy(update={"from_logits": False}), one_hot)
     return float(keras.ops.convert_to_numpy(keras_loss(targets, probs.astype("float32"))))
 

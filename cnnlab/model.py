@@ -14,7 +14,9 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -95,6 +97,7 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
     _check_schedule(cfg, source)
     _check_sample_counts(cfg, source, info)
     _check_augment(cfg, source, info)
+    _check_memory(cfg, plan, source)
     return plan
 
 
@@ -266,6 +269,113 @@ def _check_augment(cfg: Config, source: str, info: DatasetInfo) -> None:
             f"{source}: data.augment.flip: a mirrored digit is not the same digit (a flipped 2, 3, 7 is no "
             "digit at all); use flip: none, and rotation, translation or zoom instead."
         )
+
+
+# Per weight, besides the weight itself and its gradient: the optimizer's state (Keras' slots).
+_OPTIMIZER_SLOTS = {"sgd": 0, "adam": 2, "adagrad": 1, "rmsprop": 1}
+_FLOAT32 = 4
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes one training step needs, in float32: what TensorFlow would allocate, roughly.
+
+    weights: every parameter; training: weights + gradients + the optimizer's slots
+    (Adam keeps two per weight); activations: every layer's output for one batch, kept
+    for the backward pass, and as much again for their gradients.
+    """
+
+    weights: int
+    training: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.training + self.activations
+
+
+def estimate_memory(cfg: Config, plan: ModelPlan) -> MemoryEstimate:
+    """How much memory training `plan` takes (a lower bound: TensorFlow adds its own overhead)."""
+    opt = cfg.train.optimizer
+    slots = _OPTIMIZER_SLOTS.get(opt.name, 2)
+    if getattr(opt, "momentum", 0.0):  # SGD and RMSprop keep a momentum per weight
+        slots += 1
+    weights = plan.params * _FLOAT32
+    values = int(np.prod(plan.input_shape)) + sum(int(np.prod(layer.output_shape)) for layer in plan.layers)
+    return MemoryEstimate(weights, weights * (2 + slots), 2 * values * batch_samples(cfg, plan.data) * _FLOAT32)
+
+
+def batch_samples(cfg: Config, info: DatasetInfo) -> int:
+    """Samples in the largest batch: batch_size, unless the training set is smaller."""
+    data = cfg.data
+    return min(cfg.train.batch_size, (data.train_samples or info.train_size) * data.repeat)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, within a container's limit; None if unknown."""
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:  # macOS and other Unixes: physical memory
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    for limit_file, used_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                   "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = int(Path(limit_file).read_text().strip())  # "max": no limit (ValueError)
+            used = int(Path(used_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        available = min(available, max(limit - used, 0))
+        break
+    return available
+
+
+def format_bytes(count: float) -> str:
+    """1.5 GiB, 2.9 TiB: binary units, as memory is counted."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _check_memory(cfg: Config, plan: ModelPlan, source: str, available: int | None = None) -> None:
+    """A model whose training cannot fit in this machine's memory is refused before TensorFlow allocates it."""
+    available = available_memory() if available is None else available
+    need = estimate_memory(cfg, plan)
+    if available is None or need.total <= available:
+        return
+    machine = f"this machine has {format_bytes(available)} of memory free"
+    if need.activations > need.training:
+        widest = max(plan.layers, key=lambda layer: int(np.prod(layer.output_shape)))
+        raise CnnlabError(
+            f"{source}: model.layers[{widest.index}] ({widest.kind}) outputs {int(np.prod(widest.output_shape)):,} "
+            f"values per sample; for a batch of {batch_samples(cfg, plan.data):,} (train.batch_size) the layers' outputs "
+            f"take about {format_bytes(need.activations)}, training about {format_bytes(need.total)}, and "
+            f"{machine}; use a smaller batch_size or fewer {_width_name(widest.kind)}."
+        )
+    largest = max(plan.layers, key=lambda layer: layer.params)
+    what = _width_name(largest.kind)
+    raise CnnlabError(
+        f"{source}: model.layers[{largest.index}] ({largest.kind}) has {largest.params:,} parameters "
+        f"({format_bytes(largest.params * _FLOAT32)} as float32); with its gradients and the "
+        f"{cfg.train.optimizer.name} optimizer's state this model needs about {format_bytes(need.total)} to "
+        f"train, and {machine}; use fewer {what}."
+    )
+
+
+def _width_name(kind: str) -> str:
+    return "filters" if kind == "conv2d" else "units" if kind == "dense" else "units or filters before it"
 
 
 def _check_monitors(cfg: Config, source: str) -> None:

@@ -6,7 +6,10 @@ needed and `cnnlab --help` never pays for it. Files are written atomically.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cnnlab.rundir import atomic_path
 
@@ -43,28 +46,32 @@ def history_metrics(rows: list[dict]) -> list[str]:
     return sorted(names, key=lambda name: (name != "loss", name))
 
 
-def plot_history(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
+def best_row(rows: list[dict], monitor: str, mode: str) -> dict | None:
+    """The history row whose `monitor` is best (`mode` 'max' or 'min'; the first of ties), as the
+    checkpoint keeps it and metrics.json's best_epoch names it; None if no row has the value."""
+    import numpy as np
+
+    values = [row.get(monitor, np.nan) for row in rows]
+    if all(np.isnan(value) for value in values):
+        return None
+    return rows[int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))]
+
+
+def plot_history(rows: list[dict], out_dir: Path, title: str, monitor: str | None = None,
+                 mode: str = "max") -> list[Path]:
     """One PNG per metric (`loss.png`, `accuracy.png`): train vs validation per epoch; and
-    `learning_rate.png` when the learning rate changed between epochs."""
-    plt = _pyplot()
-    written = []
+    `learning_rate.png` when the learning rate changed between epochs.
+
+    With `monitor` (the checkpoint's, e.g. val_accuracy) and its `mode` ('max' or 'min'),
+    the best epoch, the one best.keras holds, is a vertical line on every plot and a star
+    on the monitored curve.
+    """
+    written = [_save(history_figure(rows, name, title, monitor, mode), out_dir / f"{name}.png")
+               for name in history_metrics(rows)]
     epochs = [row["epoch"] for row in rows]
-    for name in history_metrics(rows):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        ax.plot(epochs, [row[name] for row in rows], "o-", label=f"train {name}")
-        if f"val_{name}" in rows[0]:
-            ax.plot(epochs, [row[f"val_{name}"] for row in rows], "s--", label=f"validation {name}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_title(f"{title}: {name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        if len(epochs) < 25:
-            ax.set_xticks(epochs)
-        written.append(_save(fig, out_dir / f"{name}.png"))
     rates = [row.get("learning_rate") for row in rows]
     if None not in rates and len(set(rates)) > 1:  # a schedule ran: `learning_rate.png`
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
         ax.plot(epochs, rates, "o-", color="tab:green")
         ax.set_xlabel("epoch")
         ax.set_ylabel("learning rate at the end of the epoch")
@@ -74,6 +81,30 @@ def plot_history(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
             ax.set_xticks(epochs)
         written.append(_save(fig, out_dir / "learning_rate.png"))
     return written
+
+
+def history_figure(rows: list[dict], name: str, title: str, monitor: str | None = None, mode: str = "max"):
+    """The figure of `plot_history` for one metric `name` (loss, accuracy)."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in rows]
+    best = best_row(rows, monitor, mode) if monitor else None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(epochs, [row[name] for row in rows], "o-", label=f"train {name}")
+    if f"val_{name}" in rows[0]:
+        ax.plot(epochs, [row[f"val_{name}"] for row in rows], "s--", label=f"validation {name}")
+    if best is not None:
+        ax.axvline(best["epoch"], color="tab:green", ls=":", lw=1.5,
+                   label=f"best epoch {best['epoch']} ({monitor} {best[monitor]:.4f})")
+        if monitor in (name, f"val_{name}"):
+            ax.plot([best["epoch"]], [best[monitor]], "*", color="tab:green", ms=14, zorder=5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{title}: {name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if len(epochs) < 25:
+        ax.set_xticks(epochs)
+    return fig
 
 
 def plot_iterations(iterations: list[tuple[int, int, float]], epochs: list[dict], path: Path,
@@ -103,66 +134,127 @@ def plot_iterations(iterations: list[tuple[int, int, float]], epochs: list[dict]
     return _save(fig, path)
 
 
-def read_run_curves(run_path: str | Path) -> tuple[str, list[dict]]:
-    """A run's name (config `name`) and its per-epoch history rows, for `compare`."""
-    from cnnlab.errors import CnnlabError
-    from cnnlab.rundir import HISTORY_JSON, open_run, read_json
+@dataclass
+class RunCurves:
+    """One run as `compare` draws it.
+
+    Args:
+        name: its legend entry (the config name; the folder name where names repeat).
+        folder: the run directory.
+        rows: per-epoch history rows (empty for a baseline run, or a run that finished no epoch).
+        baseline: for a `cnnlab baseline` run: its accuracy (validation, else test), drawn as a level line.
+        baseline_label: what that accuracy is, e.g. "linear SVM, validation 0.9180".
+    """
+
+    name: str
+    folder: Path
+    rows: list[dict]
+    baseline: float | None = None
+    baseline_label: str = ""
+
+
+def read_run_curves(run_path: str | Path) -> RunCurves:
+    """A run's name (config `name`) and its per-epoch history rows (or baseline score), for `compare`."""
+    from cnnlab.rundir import HISTORY_JSON, METRICS, open_run, read_json
 
     run = open_run(run_path)
+    name = str(run.info().get("name") or run.path.name)
+    if run.is_baseline:
+        metrics = read_json(run.path / METRICS) if (run.path / METRICS).exists() else {}
+        split = "validation" if "val_accuracy" in metrics else "test"
+        value = metrics.get("val_accuracy", metrics.get("test_accuracy"))
+        method = {"svm": "linear SVM", "kmeans": "k-means"}.get(run.info().get("method"), "baseline")
+        label = f"{method}, {split} {value:.4f}" if value is not None else method
+        return RunCurves(name, run.path, [], value, label)
     history = run.path / HISTORY_JSON
     rows = read_json(history).get("epochs", []) if history.exists() else []
-    if not rows:
-        raise CnnlabError(
-            f"{run.path}: has no training history ({HISTORY_JSON} is missing or empty: the run "
-            "finished no epoch, or it is not a training run); nothing to compare."
-        )
-    return str(run.info().get("name") or run.path.name), rows
+    return RunCurves(name, run.path, rows)
 
 
-def comparison_figure(curves: list[tuple[str, list[dict]]]):
-    """One panel per metric (loss, accuracy): each run's train (solid) and validation (dashed) curve."""
+def comparison_figure(runs: list[RunCurves]):
+    """One panel per metric (loss, accuracy): each run's train (solid) and validation (dashed) curve.
+
+    A baseline run is a dotted level line at its accuracy on the accuracy panel.
+    """
     plt = _pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    names = [name for name, _ in curves]
-    metrics = [m for m in ("loss", "accuracy") if all(m in rows[0] for _, rows in curves)]
+    trained = [run for run in runs if run.rows]
+    metrics = [m for m in ("loss", "accuracy") if all(m in run.rows[0] for run in trained)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.0 * len(metrics) + 2.4, 4.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color_of = {id(run): colors[index % len(colors)] for index, run in enumerate(runs)}
     for ax, metric in zip(axes[0], metrics):
-        for index, (name, rows) in enumerate(curves):
-            color = colors[index % len(colors)]
-            epochs = [row["epoch"] for row in rows]
-            ax.plot(epochs, [row[metric] for row in rows], "-", color=color, lw=1.8, label=f"{name} (train)")
-            if f"val_{metric}" in rows[0]:
-                ax.plot(epochs, [row[f"val_{metric}"] for row in rows], "--", color=color, lw=1.8,
-                        label=f"{name} (validation)")
+        for run in trained:
+            color = color_of[id(run)]
+            epochs = [row["epoch"] for row in run.rows]
+            ax.plot(epochs, [row[metric] for row in run.rows], "-", color=color, lw=1.8, label=f"{run.name} (train)")
+            if f"val_{metric}" in run.rows[0]:
+                ax.plot(epochs, [row[f"val_{metric}"] for row in run.rows], "--", color=color, lw=1.8,
+                        label=f"{run.name} (validation)")
+        if metric == "accuracy":
+            for run in runs:
+                if run.baseline is not None:
+                    ax.axhline(run.baseline, color=color_of[id(run)], ls=":", lw=1.8,
+                               label=f"{run.name} ({run.baseline_label})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colors[i % len(colors)], lw=2.5) for i in range(len(names))]
+    shown = [run for run in runs if run.rows or (run.baseline is not None and "accuracy" in metrics)]
+    handles = [Line2D([], [], color=color_of[id(run)], lw=2.5, ls="-" if run.rows else ":") for run in shown]
+    labels = [run.name if run.rows else f"{run.name} ({run.baseline_label})" for run in shown]
     handles += [Line2D([], [], color="black", ls="-"), Line2D([], [], color="black", ls="--")]
-    fig.legend(handles, [*names, "train", "validation"], loc="center left", bbox_to_anchor=(1.0, 0.5),
+    fig.legend(handles, [*labels, "train", "validation"], loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
+    names = [run.name for run in shown]
     fig.suptitle(" vs ".join(names) if len(names) <= 4 else f"{len(names)} runs")
     fig.tight_layout()
     return fig
 
 
-def comparison_curves(run_paths: list[str | Path]) -> list[tuple[str, list[dict]]]:
-    """(legend name, history rows) per run: config names, or folder names when those repeat."""
-    curves = [read_run_curves(run_path) for run_path in run_paths]
-    names = [name for name, _ in curves]
-    if len(set(names)) < len(names):  # the same config run twice: tell them apart by folder
-        curves = [(Path(p).resolve().name, rows) for p, (_, rows) in zip(run_paths, curves)]
-    return curves
+def comparison_curves(run_paths: list[str | Path], warn: Callable[[str], None] | None = None) -> list[RunCurves]:
+    """The runs `compare` can draw, named for the legend.
+
+    Each is named by its config name; runs that share a config name are named by their
+    folder (`dnn-20261123-101500`) instead, so every legend entry is distinct. A run that
+    finished no epoch is skipped with a `warn` line; a path that is not a run is an error,
+    and so is having nothing left to draw.
+    """
+    from cnnlab.errors import CnnlabError
+    from cnnlab.rundir import HISTORY_JSON
+
+    runs, skipped = [], []
+    for run in (read_run_curves(run_path) for run_path in run_paths):
+        if run.rows or run.baseline is not None:
+            runs.append(run)
+            continue
+        skipped.append(str(run.folder))
+        if warn is not None:
+            warn(f"{run.folder}: skipped, it has no finished epoch ({HISTORY_JSON} is missing or empty).")
+    if not any(run.rows for run in runs):
+        baselines = [str(run.folder) for run in runs]
+        why = [f"{', '.join(skipped)} {'has' if len(skipped) == 1 else 'have'} no finished epoch ({HISTORY_JSON})"
+               if skipped else "",
+               f"{', '.join(baselines)} {'is a baseline run' if len(baselines) == 1 else 'are baseline runs'}, "
+               "drawn only beside a trained run's curves" if baselines else ""]
+        raise CnnlabError(
+            f"nothing to compare: {'; '.join(part for part in why if part)}; compare draws the runs of "
+            "`cnnlab train` once an epoch has finished."
+        )
+    for unique in (lambda run: run.folder.resolve().name, lambda run: str(run.folder)):
+        counts = Counter(run.name for run in runs)
+        for run in runs:
+            if counts[run.name] > 1:  # the same config run twice: tell them apart by folder
+                run.name = unique(run)
+    return runs
 
 
-def plot_comparison(run_paths: list[str | Path], path: Path) -> Path:
-    """Overlay the curves of several run directories in one PNG; legend from the run names."""
-    return _save(comparison_figure(comparison_curves(run_paths)), Path(path))
+def plot_comparison(run_paths: list[str | Path], path: Path, warn: Callable[[str], None] | None = None) -> Path:
+    """Overlay the curves of several run directories in one PNG; see `comparison_curves` for the legend."""
+    return _save(comparison_figure(comparison_curves(run_paths, warn)), Path(path))
 
 
 def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, title: str) -> Path:
@@ -171,7 +263,13 @@ def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, titl
     Rows are the true class, columns the predicted one. Hits are shaded by the share
     of their row, errors by their count against the largest error, so the few
     off-diagonal cells that matter stand out even when the diagonal holds thousands.
+    Each count is black or white, whichever reads better on its cell.
     """
+    return _save(confusion_matrix_figure(matrix, class_names, title), path)
+
+
+def confusion_matrix_figure(matrix, class_names: tuple[str, ...], title: str):
+    """The figure of `plot_confusion_matrix`."""
     import numpy as np
 
     plt = _pyplot()
@@ -185,14 +283,15 @@ def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, titl
     worst = max(int(errors.max(initial=0)), 1)
     side = 5.2 + 0.32 * n + (1.6 if named else 0)
     fig, ax = plt.subplots(figsize=(side, side - 0.6))
-    ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greens", vmin=0, vmax=1.15)
-    ax.imshow(np.ma.masked_where(diagonal | (matrix == 0), errors), cmap="Reds", vmin=-0.25 * worst, vmax=worst)
+    hits = ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greens", vmin=0, vmax=1.15)
+    misses = ax.imshow(np.ma.masked_where(diagonal | (matrix == 0), errors), cmap="Reds",
+                       vmin=-0.25 * worst, vmax=worst)
     for (row, col), count in np.ndenumerate(matrix):
         if count == 0:
             continue
-        dark = share[row, col] > 0.6 if row == col else errors[row, col] > 0.55 * worst
+        cell = hits.to_rgba(share[row, col]) if row == col else misses.to_rgba(errors[row, col])
         ax.text(col, row, str(count), ha="center", va="center", fontsize=8 if count < 1000 else 7,
-                color="white" if dark else "black")
+                color=text_color(cell))
     ax.set_xticks(range(n), labels, rotation=45 if named else 0, ha="right" if named else "center")
     ax.set_yticks(range(n), labels)
     ax.set_xticks(np.arange(-0.5, n), minor=True)
@@ -204,7 +303,19 @@ def plot_confusion_matrix(matrix, class_names: tuple[str, ...], path: Path, titl
     total = int(matrix.sum())
     ax.set_title(f"{title}\naccuracy {np.trace(matrix) / max(total, 1):.4f} on {total} images "
                  f"({total - int(np.trace(matrix))} errors, in red)")
-    return _save(fig, path)
+    return fig
+
+
+def text_color(background) -> str:
+    """Black or white, whichever contrasts more with `background` (RGB(A) in 0..1), by its luminance.
+
+    scikit-learn's ConfusionMatrixDisplay picks one end of its colormap by the cell's value;
+    here hits and errors have colormaps and ranges of their own, so the cell's colour decides.
+    """
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in background[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]  # WCAG relative luminance
+    # the contrast ratios (L1 + 0.05) / (L2 + 0.05) with black and with white are equal at L = 0.179
+    return "black" if luminance > 0.179 else "white"
 
 
 def plot_mistakes(images, mistakes: list[dict], class_names: tuple[str, ...], path: Path, title: str,

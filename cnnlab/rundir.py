@@ -23,6 +23,9 @@ run.json's status is one of
                     best.keras of the epochs before (if any) scored; not resumable
       failed        an error stopped it (`error`); resumable if resume/state.keras exists
 
+`cnnlab baseline` writes a smaller run directory: config.yaml, run.json (with
+`"kind": "baseline"` and the `method`) and metrics.json; no model file, no history.
+
 Every file is written atomically (a temporary file in the same folder, then a rename),
 so a kill at any moment leaves the previous version whole. A run directory is never
 overwritten: a new run always gets a new folder. On a full disk a write raises
@@ -247,6 +250,25 @@ class Run:
 
     def info(self) -> dict:
         return read_json(self.path / RUN)
+
+    @property
+    def is_baseline(self) -> bool:
+        """A `cnnlab baseline` run: a classical model's scores in metrics.json, no network, no history."""
+        return self.info().get("kind") == "baseline"
+
+    def baseline_summary(self) -> str:
+        """What a baseline run is and what it scored, for messages: 'a linear SVM ... test accuracy 0.9180'."""
+        info = self.info()
+        method = info.get("method", "?")
+        what = {"svm": "a linear SVM", "kmeans": "k-means clustering"}.get(method, f"a {method} baseline")
+        metrics_path = self.path / METRICS
+        if not metrics_path.exists():
+            return f"{what} (`cnnlab baseline --method {method}`) that has not finished ({METRICS} is missing)"
+        metrics = read_json(metrics_path)
+        scores = " and ".join(f"{label} {metrics[key]:.4f}" for key, label in
+                              (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
+                              if isinstance(metrics.get(key), (int, float)))
+        return f"{what} (`cnnlab baseline --method {method}`) with {scores or 'no scores'} (in {metrics_path})"
 
 
 def open_run(path: str | Path) -> Run:

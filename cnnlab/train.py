@@ -302,7 +302,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         stop.check()  # a Ctrl-C after the last batch still counts
     seconds = time.perf_counter() - started
     if rows:
-        plot_history(rows, run_dir, cfg.name)
+        ck = cfg.train.checkpoint
+        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
     diverged = guard.diverged
     if diverged is not None:
         diverged["batches"] = steps_per_epoch

@@ -51,3 +51,18 @@ def test_baseline_command(runner, write_config, tmp_path):
 def test_clusters_are_only_for_kmeans():
     with pytest.raises(CnnlabError, match="--clusters 5: only for --method kmeans"):
         run_baseline(validate_config(_subset(), "s"), "svm", clusters=5)
+
+
+@needs_data
+def test_evaluate_and_predict_on_a_baseline_run_say_what_it_is(runner, tmp_path):
+    result = run_baseline(validate_config(_subset(1000), "s"), "kmeans", runs_dir=tmp_path, echo=lambda _: None)
+    run = result.run_dir
+    assert json.loads((run / "run.json").read_text())["kind"] == "baseline"  # how every command tells
+    accuracy = f"test accuracy {result.metrics['test_accuracy']:.4f}"
+    for args in (["evaluate", str(run)], ["predict", str(run), str(run / "config.yaml")]):
+        out = runner.invoke(app, args)
+        assert out.exit_code == 2, out.output
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith(f"error: {run}: is a baseline run, k-means clustering (`cnnlab baseline --method kmeans`)")
+        assert accuracy in line and f"(in {run / 'metrics.json'})" in line and f"cnnlab compare RUN... {run}" in line
+        assert "epoch" not in line  # not "stopped before its first epoch finished"

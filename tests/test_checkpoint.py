@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import socket
 import subprocess
+import sys
 import zipfile
 
 import keras
 import numpy as np
 import pytest
 
-from cnnlab.checkpoint import load_checkpoint
+from cnnlab.checkpoint import check_archive, load_checkpoint
 from cnnlab.config import validate_config
 from cnnlab.errors import CnnlabError
 
@@ -235,3 +237,71 @@ def test_a_run_still_training_its_first_epoch_says_so(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+def zip_bomb(path, config_mib: int = 0, weights_declared: int = 0, entries: int = 0):
+    """A small .keras archive that declares far more than it stores.
+
+    config_mib: config.json is that many MiB of spaces, deflated (about 1000x smaller on disk).
+    weights_declared: model.weights.h5 stores 1 KiB, but its directory entry declares this many bytes.
+    entries: that many extra empty entries.
+    """
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        if config_mib:
+            info = zipfile.ZipInfo("config.json")
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as entry:  # streamed: the test never holds it
+                for _ in range(config_mib):
+                    entry.write(b" " * 2**20)
+        else:
+            archive.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {}}))
+        for i in range(entries):
+            archive.writestr(f"assets/{i}.txt", b"")
+        archive.writestr("model.weights.h5", bytes(1024))
+    if weights_declared:  # the central directory's uncompressed size of model.weights.h5
+        data = bytearray(path.read_bytes())
+        at = data.rfind(b"PK\x01\x02", 0, data.rfind(b"model.weights.h5"))
+        data[at + 24:at + 28] = weights_declared.to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("bomb, words", [
+    (dict(config_mib=200), ["its config.json declares 200.0 MiB (stored in 199.1 KiB)", "at most 8.0 MiB"]),
+    (dict(weights_declared=2**32 - 2), ["model.weights.h5 declares 4.0 GiB but stores 1.0 KiB", "decompression bomb"]),
+    (dict(entries=2000), ["2,003 entries"]),
+], ids=["200 MiB config.json", "4 GiB weights", "2000 entries"])
+def test_an_archive_that_expands_too_far_is_refused_before_anything_is_read(tmp_path, bomb, words):
+    path = zip_bomb(tmp_path / "bomb.keras", **bomb)
+    with pytest.raises(CnnlabError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: cnnlab refuses this .keras file")
+    for word in words:
+        assert word in message
+
+
+def test_a_zip_bomb_costs_no_memory(tmp_path):
+    """evaluate on a 200 KB file whose config.json expands to 200 MiB: refused without reading it."""
+    path = zip_bomb(tmp_path / "bomb.keras", config_mib=200)
+    code = ("import resource, sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
+            "import cnnlab.evaluate; before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"r = CliRunner().invoke(app, ['evaluate', {str(path)!r}]); "
+            "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before; "
+            "print(r.exit_code, grown // 1024, 'tensorflow' in sys.modules); print(r.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code, grown_mib, tensorflow = out.stdout.split("\n")[0].split()
+    assert code == "2" and "config.json declares 200.0 MiB" in out.stdout
+    assert int(grown_mib) < 20, f"evaluate grew by {grown_mib} MiB"
+    assert tensorflow == "False"  # refused before Keras was even imported
+
+
+def test_the_archive_check_takes_uploads_and_passes_real_models(tmp_path):
+    path = save_model(tmp_path / "model.keras")
+    check_archive(path)
+    upload = io.BytesIO(path.read_bytes())
+    check_archive(upload, name="upload.keras")
+    assert upload.tell() == 0  # ready to be read again
+    with pytest.raises(CnnlabError, match=r"upload.keras: .*expand to .* more than half of this machine's 64.0 KiB"):
+        check_archive(upload, name="upload.keras", available=64 * 1024)
+    with pytest.raises(CnnlabError, match=r"upload.keras: is not a complete .keras file"):
+        check_archive(io.BytesIO(b"not a zip"), name="upload.keras")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from cnnlab.errors import CnnlabError
 from conftest import REPO, needs_data, small_dnn
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"], ["--version"]])
 def test_help_does_not_import_tensorflow(args):
     code = ("import sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
             f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
@@ -25,10 +26,29 @@ def test_help_does_not_import_tensorflow(args):
     assert out.stdout.strip() == "[]"
 
 
+def test_version_is_the_installed_package_version(runner):
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"cnnlab {version('cnnlab')}\n"
+
+
+CNNLAB = Path(sys.executable).parent / "cnnlab"  # the console script, as a shell runs it
+
+
+def test_shell_completion_completes_commands_and_options():
+    result = subprocess.run([CNNLAB, "--show-completion", "bash"], capture_output=True, text=True)
+    assert result.returncode == 0 and "_CNNLAB_COMPLETE=complete_bash" in result.stdout
+    for words, cword, expected in (("cnnlab tr", "1", ["train"]), ("cnnlab compare --o", "2", ["--output"])):
+        env = {**os.environ, "_CNNLAB_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        completed = subprocess.run([CNNLAB], capture_output=True, text=True, env=env)
+        assert completed.returncode == 0 and completed.stdout.split() == expected, completed
+
+
 def test_help_lists_the_commands(runner):
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "config", "summary"):
+    for command in ("train", "config", "summary", "--version", "--install-completion"):
         assert command in result.output
 
 

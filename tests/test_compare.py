@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
 from cnnlab import rundir
 from cnnlab.cli import app
-from cnnlab.errors import CnnlabError
 from cnnlab.plots import comparison_curves, comparison_figure, plot_comparison, read_run_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,11 +46,19 @@ def test_compare_command_writes_the_png(runner, tmp_path):
 
 
 def test_the_same_config_twice_is_told_apart_by_folder(tmp_path):
-    runs = [_run(tmp_path, "dnn", [0.5], "dnn-1"), _run(tmp_path, "dnn", [0.6], "dnn-2")]
-    assert [name for name, _ in comparison_curves(runs)] == ["dnn-1", "dnn-2"]
-    assert [name for name, _ in comparison_curves(runs[:1])] == ["dnn"]
+    runs = [_run(tmp_path, "dnn", [0.5], "dnn-1"), _run(tmp_path, "dnn", [0.6], "dnn-2"), _run(tmp_path, "cnn", [0.7])]
+    assert [run.name for run in comparison_curves(runs)] == ["dnn-1", "dnn-2", "cnn"]
+    assert [run.name for run in comparison_curves(runs[:1])] == ["dnn"]
+    elsewhere = _run(tmp_path / "other", "dnn", [0.8], "dnn-1")  # even the folder name repeats
+    assert [run.name for run in comparison_curves([runs[0], elsewhere])] == [str(runs[0]), str(elsewhere)]
     plot_comparison(runs, tmp_path / "out.png")
     assert (tmp_path / "out.png").read_bytes()[:8] == PNG
+
+
+def test_the_help_says_how_the_legend_names_runs(runner):
+    result = runner.invoke(app, ["compare", "--help"])
+    text = re.sub(r"[│\s]+", " ", result.output)  # the help as read, without rich's box and wrapping
+    assert "config name, or by its folder name where several runs share a config name" in text
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(runner, tmp_path):
@@ -62,11 +69,52 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(runner, tmp_path):
     assert "notes: is not a cnnlab run directory" in result.stderr and not (tmp_path / "x.png").exists()
 
 
-def test_a_run_without_history_is_a_clear_error(tmp_path):
-    with pytest.raises(CnnlabError, match="has no training history"):
-        read_run_curves(_run(tmp_path, "fresh", [], history=False))
+def test_a_run_without_a_finished_epoch_is_skipped_with_a_warning(runner, tmp_path):
+    runs = [_run(tmp_path, "a", [0.5, 0.6]), _run(tmp_path, "fresh", [], history=False), _run(tmp_path, "b", [0.7])]
+    out = tmp_path / "ab.png"
+    result = runner.invoke(app, ["compare", *map(str, runs), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {runs[1]}: skipped, it has no finished epoch (history.json is missing or empty)."]
+    assert out.read_bytes()[:8] == PNG
+    assert [run.name for run in comparison_curves(runs)] == ["a", "b"]
+
+
+def test_no_run_with_a_finished_epoch_is_an_error(runner, tmp_path):
+    fresh = _run(tmp_path, "fresh", [], history=False)
+    result = runner.invoke(app, ["compare", str(fresh), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and not (tmp_path / "x.png").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: nothing to compare: {fresh} has no finished epoch (history.json); "
+        "compare draws the runs of `cnnlab train` once an epoch has finished.")
+
+
+def test_a_baseline_run_is_a_level_line_at_its_accuracy(tmp_path):
+    trained = _run(tmp_path, "dnn", [0.9, 0.95])
+    svm = _run(tmp_path, "dnn-svm", [], history=False)
+    rundir.write_json(svm / rundir.RUN, {"name": "dnn-svm", "kind": "baseline", "method": "svm", "status": "completed"})
+    rundir.write_json(svm / rundir.METRICS, {"method": "svm", "val_accuracy": 0.918, "test_accuracy": 0.92})
+    fig = comparison_figure(comparison_curves([trained, svm]))
+    loss, accuracy = [ax for ax in fig.axes if ax.get_lines()]
+    assert [line.get_label() for line in loss.get_lines()] == ["dnn (train)", "dnn (validation)"]
+    level = accuracy.get_lines()[-1]
+    assert level.get_label() == "dnn-svm (linear SVM, validation 0.9180)" and list(level.get_ydata()) == [0.918, 0.918]
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == [
+        "dnn", "dnn-svm (linear SVM, validation 0.9180)", "train", "validation"]
 
 
 def test_the_output_must_be_a_png(runner, tmp_path):
     result = runner.invoke(app, ["compare", str(_run(tmp_path, "a", [0.5])), "-o", str(tmp_path / "x.pdf")])
     assert result.exit_code == 2 and "ending in .png" in result.stderr
+
+
+def test_only_baseline_runs_is_an_error_that_says_so(runner, tmp_path):
+    svm = _run(tmp_path, "dnn-svm", [], history=False)
+    rundir.write_json(svm / rundir.RUN, {"name": "dnn-svm", "kind": "baseline", "method": "svm"})
+    rundir.write_json(svm / rundir.METRICS, {"method": "svm", "test_accuracy": 0.92})
+    fresh = _run(tmp_path, "fresh", [], history=False)
+    result = runner.invoke(app, ["compare", str(svm), str(fresh), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and not (tmp_path / "x.png").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: nothing to compare: {fresh} has no finished epoch (history.json); {svm} is a baseline run, "
+        "drawn only beside a trained run's curves; compare draws the runs of `cnnlab train` once an epoch has finished.")

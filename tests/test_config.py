@@ -226,3 +226,45 @@ def test_set_appends_a_list_item_one_past_the_end(write_config):
     assert cfg.model.layers[3].rate == 0.2
     with pytest.raises(CnnlabError, match=r"model.layers\[4\] does not exist \(the list has 3 items; \[3\] appends one\)"):
         load_config(path, ["model.layers[4]={type: dropout, rate: 0.1}"])
+
+
+def test_yaml_12_numbers_are_numbers_in_a_file(tmp_path):
+    """`1e-3` is a float in YAML 1.2 (and JSON); PyYAML's YAML 1.1 rules made it a string."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: numbers\n"
+        "data: {scale: 2.55E2, validation: {size: .2}}\n"
+        "model: {layers: [{type: flatten}, {type: dropout, rate: +.5}, {type: dense, units: 10}]}\n"
+        "train:\n"
+        "  optimizer: {name: sgd, learning_rate: 1e-3, momentum: 9e-1}\n"
+        "  early_stopping: {min_delta: 1E-4}\n"
+        "  lr_schedule: {name: one_cycle, max_learning_rate: 6.e-3}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.train.optimizer.learning_rate == 0.001 and cfg.train.optimizer.momentum == 0.9
+    assert cfg.data.scale == 255.0 and cfg.data.validation.size == 0.2 and cfg.model.layers[1].rate == 0.5
+    assert cfg.train.early_stopping.min_delta == 0.0001 and cfg.train.lr_schedule.max_learning_rate == 0.006
+    assert cfg.model.layers[2].units == 10 and isinstance(cfg.model.layers[2].units, int)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1e-4", 1e-4), ("5E4", 5e4), (".5", 0.5), ("+1.5e-3", 1.5e-3), ("3E+0", 3.0), ("2", 2.0),
+])
+def test_yaml_12_numbers_are_numbers_in_overrides(write_config, value, expected):
+    cfg = load_config(write_config(small_dnn(optimizer={"name": "adam"})), [f"train.optimizer.learning_rate={value}"])
+    assert cfg.train.optimizer.learning_rate == expected
+
+
+def test_a_negative_exponent_number_is_read_as_a_number(write_config):
+    with pytest.raises(CnnlabError, match=r"learning_rate: Input should be greater than 0 \(got -200.0\)"):
+        load_config(write_config(small_dnn(optimizer={"name": "adam"})), ["train.optimizer.learning_rate=-2E+2"])
+
+
+def test_a_name_that_looks_like_a_number_survives_the_run_directory(write_config, tmp_path):
+    """The resolved config quotes '1e-3', so reading the run's config.yaml gives the same name back."""
+    data = small_dnn()
+    cfg = load_config(write_config(data), ["name='1e-3'"])
+    assert cfg.name == "1e-3"
+    copy = tmp_path / "resolved.yaml"
+    copy.write_text(cfg.to_yaml())
+    assert load_config(copy).name == "1e-3"

@@ -22,7 +22,7 @@ from PIL import Image
 from cnnlab.cli import app, main
 
 from conftest import DATA_DIR, REPO, needs_data, small_dnn
-from test_checkpoint import save_model
+from test_checkpoint import save_model, zip_bomb
 from test_own_data import shapes_config, write_shapes_folder
 from test_preprocess import _png_header, draw_digit
 
@@ -64,6 +64,13 @@ CONFIG_CASES = [
     ("unknown optimizer", lambda d: d["train"].update(optimizer={"name": "sgdm"}), [], ["train.optimizer.name", "'sgd'"]),
     ("option of another optimizer", lambda d: d["train"].update(optimizer={"name": "adam", "nesterov": True}), [], ["train.optimizer.nesterov"]),
     ("negative learning rate", lambda d: d["train"].update(optimizer={"name": "sgd", "learning_rate": -1}), [], ["train.optimizer.learning_rate"]),
+    ("learning rate .nan", lambda d: d["train"].update(optimizer={"name": "adam", "learning_rate": float("nan")}), [],
+     ["train.optimizer.learning_rate", "finite number", "nan"]),
+    ("learning rate .inf", lambda d: d["train"].update(optimizer={"name": "adam", "learning_rate": float("inf")}), [],
+     ["train.optimizer.learning_rate", "finite number", "inf"]),
+    ("scale .inf", lambda d: d["data"].update(scale=float("inf")), [], ["data.scale", "finite number", "inf"]),
+    ("quoted number", lambda d: d["train"].update(optimizer={"name": "adam"}), ["--set", "train.optimizer.learning_rate='1e-3'"],
+     ["(from --set)", "train.optimizer.learning_rate", "'1e-3' is text because it is quoted", "without quotes"]),
     ("unknown loss", lambda d: d["train"].update(loss="cross_entropy"), [], ["train.loss", "'cross_entropy'"]),
     ("unknown metric", lambda d: d["train"].update(metrics=["acc"]), [], ["train.metrics[0]", "did you mean 'accuracy'"]),
     ("metrics not a list", lambda d: d["train"].update(metrics="accuracy"), [], ["train.metrics"]),
@@ -108,6 +115,9 @@ CONFIG_CASES = [
      ["unknown key 'model.layers[1].unitz'", "did you mean 'units'"]),
     ("more samples than the data set", lambda d: d["data"].update(train_samples=70000), [],
      ["data.train_samples", "70000", "60,000"]),
+    ("model too large for memory", lambda d: None, ["--set", "model.layers[1].units=1000000000"],
+     ["model.layers[1] (dense) has 785,000,000,000 parameters (2.9 TiB as float32)", "TiB to train",
+      "of memory free", "use fewer units"]),
     ("stratified split too small for the classes", lambda d: d["data"].update(train_samples=15), [],
      ["data.validation", "15 samples", "10 classes"]),
     ("flipping digits", lambda d: d["data"].update(augment={"flip": "horizontal"}), [],
@@ -350,11 +360,17 @@ def test_resume_with_a_config_is_refused(runner, write_config, tmp_path):
                        ["--resume takes no CONFIG"])
 
 
-def test_a_bad_config_fails_before_tensorflow_is_imported(write_config):
+@pytest.mark.parametrize("command, change", [
+    ("train", lambda d: _conv(d, kernel_size=16)),
+    ("train", lambda d: _layers(d)[1].update(units=10**9)),  # 3 TiB of weights: refused, not allocated
+    ("summary", lambda d: _layers(d)[1].update(units=10**9)),
+    ("config", lambda d: _layers(d)[1].update(units=10**9)),
+], ids=["shapes", "memory (train)", "memory (summary)", "memory (config)"])
+def test_a_bad_config_fails_before_tensorflow_is_imported(write_config, command, change):
     data = small_dnn()
-    _conv(data, kernel_size=16)
+    change(data)
     code = ("import sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
-            f"r = CliRunner().invoke(app, ['train', {str(write_config(data))!r}]); "
+            f"r = CliRunner().invoke(app, [{command!r}, {str(write_config(data))!r}]); "
             "print(r.exit_code, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False"]
@@ -410,6 +426,8 @@ MODEL_CASES = [
      ["cifar.keras", "(32, 32, 3)", "trained on other data", "28x28"]),
     ("model with other classes", lambda d: save_model(d / "five.keras", outputs=5), ["five.keras", "10 classes"]),
     ("Lambda layer", _lambda_model, ["lambda.keras", "Lambda layer (double)", "--unsafe"]),
+    ("zip bomb", lambda d: zip_bomb(d / "bomb.keras", weights_declared=2**32 - 2),
+     ["bomb.keras", "refuses", "model.weights.h5 declares 4.0 GiB but stores 1.0 KiB"]),
     ("folder that is not a run", lambda d: (d / "folder").mkdir() or d / "folder", ["folder", "not a cnnlab run directory"]),
 ]
 

@@ -12,7 +12,7 @@ from cnnlab.config import validate_config
 from cnnlab.evaluate import evaluate
 from cnnlab.train import train
 
-from conftest import DATA_DIR, needs_data, needs_shared
+from conftest import DATA_DIR, REPO, needs_data, needs_shared
 from test_checkpoint import KERAS2_H5, KERAS3_H5, save_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -142,3 +142,19 @@ def test_user_mistakes_are_one_line_errors(tmp_path, runner):
     assert result.exit_code == 2 and "is read-only" in result.stderr
     assert not (locked / "results").exists()
     locked.chmod(0o755)
+
+
+def test_xor_evaluate_reports_the_loss_and_scaling_training_did(runner, tmp_path):
+    """binary_crossentropy on a 2-unit softmax: Keras computes it from the softmax's logits in fit and
+    evaluate; evaluate used to apply it to the probabilities (0.0380 against train's 0.1298)."""
+    result = runner.invoke(app, ["train", str(REPO / "configs" / "xor_mlp.yaml"), "--runs-dir", str(tmp_path),
+                                 "--set", "train.epochs=10", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    report = runner.invoke(app, ["evaluate", str(run)])
+    assert report.exit_code == 0, report.output
+    assert f"loss      {metrics['test_loss']:.4f} (binary_crossentropy, as trained)" in report.stdout
+    assert "xor test split, 4 samples, input (2,), not scaled" in report.stdout and "x / 255" not in report.stdout
+    document = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
+    assert document["loss"] == pytest.approx(metrics["test_loss"], abs=1e-6) and document["scale"] is None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cnnlab.config import load_config, validate_config
 from cnnlab.errors import CnnlabError
-from cnnlab.model import build_model, check_model, class_predictions
+from cnnlab.model import _check_memory, build_model, check_model, class_predictions, estimate_memory
 
 from conftest import REPO, small_dnn
 
@@ -84,3 +85,51 @@ def test_monitoring_validation_without_validation_data_is_refused():
 def test_class_predictions():
     assert class_predictions([[0.1, 0.9], [0.8, 0.2]]).tolist() == [1, 0]
     assert class_predictions([[0.2], [0.7]]).tolist() == [0, 1]
+
+
+def test_memory_estimate_of_the_dnn():
+    cfg = load_config(REPO / "configs" / "dnn.yaml")  # adam, batch 32
+    need = estimate_memory(cfg, check_model(cfg, "dnn.yaml"))
+    assert need.weights == 101_770 * 4
+    assert need.training == 101_770 * 4 * 4  # weights, gradients, Adam's two slots
+    assert need.activations == 2 * (784 + 784 + 128 + 128 + 10) * 32 * 4  # input, each layer's output; and gradients
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"name": "sgd"}, {"name": "sgd", "momentum": 0.9}, {"name": "adam"}, {"name": "adagrad"},
+    {"name": "rmsprop"}, {"name": "rmsprop", "momentum": 0.9},
+])
+def test_optimizer_state_in_the_estimate_is_what_keras_allocates(optimizer):
+    import keras
+
+    cfg = validate_config(small_dnn(optimizer=optimizer), "c")
+    plan = check_model(cfg, "c")
+    model = build_model(cfg, plan.input_shape)
+    options = {key: value for key, value in optimizer.items() if key != "name"}
+    keras_optimizer = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
+                       "rmsprop": keras.optimizers.RMSprop}[optimizer["name"]](**options)
+    keras_optimizer.build(model.trainable_variables)
+    state = sum(int(np.prod(v.shape)) for v in keras_optimizer.variables if len(v.shape) > 0)  # not the step counter
+    need = estimate_memory(cfg, plan)
+    assert need.training - 2 * need.weights == state * 4
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_tensorflow():
+    cfg = load_config(REPO / "configs" / "dnn.yaml", ["model.layers[1].units=1000000000"])
+    with pytest.raises(CnnlabError) as err:
+        check_model(cfg, "dnn.yaml")
+    message = str(err.value)
+    assert message.startswith("dnn.yaml: model.layers[1] (dense) has 785,000,000,000 parameters (2.9 TiB as float32)")
+    assert "needs about 12.0 TiB to train" in message and "use fewer units" in message
+
+
+def test_the_memory_limit_is_what_the_machine_has():
+    cfg = load_config(REPO / "configs" / "dnn.yaml")
+    plan = check_model(cfg, "dnn.yaml")  # about 2 MiB
+    _check_memory(cfg, plan, "dnn.yaml", available=100 * 2**20)
+    with pytest.raises(CnnlabError, match=r"needs about 2.0 MiB to train, and this machine has 1.0 MiB of memory free"):
+        _check_memory(cfg, plan, "dnn.yaml", available=2**20)
+    wide = load_config(REPO / "configs" / "cnn.yaml", ["train.batch_size=4096"])
+    with pytest.raises(CnnlabError, match=r"model.layers\[0\] \(conv2d\) outputs 25,088 values per sample; "
+                                          r"for a batch of 4,096 \(train.batch_size\)"):
+        _check_memory(wide, check_model(wide, "cnn.yaml"), "cnn.yaml", available=2**30)
