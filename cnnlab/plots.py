@@ -144,6 +144,7 @@ class RunCurves:
         rows: per-epoch history rows (empty for a baseline run, or a run that finished no epoch).
         baseline: for a `cnnlab baseline` run: its accuracy (validation, else test), drawn as a level line.
         baseline_label: what that accuracy is, e.g. "linear SVM, validation 0.9180".
+        data: the data set and its classes, e.g. "folder shapes: circle, square, triangle".
     """
 
     name: str
@@ -151,6 +152,7 @@ class RunCurves:
     rows: list[dict]
     baseline: float | None = None
     baseline_label: str = ""
+    data: str = ""
 
 
 def read_run_curves(run_path: str | Path) -> RunCurves:
@@ -159,16 +161,30 @@ def read_run_curves(run_path: str | Path) -> RunCurves:
 
     run = open_run(run_path)
     name = str(run.info().get("name") or run.path.name)
+    data = _run_data(run.path)
     if run.is_baseline:
         metrics = read_json(run.path / METRICS) if (run.path / METRICS).exists() else {}
         split = "validation" if "val_accuracy" in metrics else "test"
         value = metrics.get("val_accuracy", metrics.get("test_accuracy"))
         method = {"svm": "linear SVM", "kmeans": "k-means"}.get(run.info().get("method"), "baseline")
         label = f"{method}, {split} {value:.4f}" if value is not None else method
-        return RunCurves(name, run.path, [], value, label)
+        return RunCurves(name, run.path, [], value, label, data)
     history = run.path / HISTORY_JSON
     rows = read_json(history).get("epochs", []) if history.exists() else []
-    return RunCurves(name, run.path, rows)
+    return RunCurves(name, run.path, rows, data=data)
+
+
+def _run_data(folder: Path) -> str:
+    """What a run trained on, with its class names, from data.json ("" for a run written before it)."""
+    from cnnlab.rundir import DATA, read_json
+
+    if not (folder / DATA).exists():
+        return ""
+    record = read_json(folder / DATA)
+    classes = record.get("classes") or []
+    source = f" {Path(record['source']).name}" if record.get("source") else ""
+    names = ", ".join(classes[:6]) + (f", ... ({len(classes)})" if len(classes) > 6 else "")
+    return f"{record.get('dataset')}{source}: {names}"
 
 
 def comparison_figure(runs: list[RunCurves]):
@@ -210,7 +226,9 @@ def comparison_figure(runs: list[RunCurves]):
     fig.legend(handles, [*labels, "train", "validation"], loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
     names = [run.name for run in shown]
-    fig.suptitle(" vs ".join(names) if len(names) <= 4 else f"{len(names)} runs")
+    kinds = {run.data for run in shown}
+    on = f"\non {kinds.pop()}" if len(kinds) == 1 and "" not in kinds else ""
+    fig.suptitle((" vs ".join(names) if len(names) <= 4 else f"{len(names)} runs") + on)
     fig.tight_layout()
     return fig
 
@@ -244,6 +262,10 @@ def comparison_curves(run_paths: list[str | Path], warn: Callable[[str], None] |
             f"nothing to compare: {'; '.join(part for part in why if part)}; compare draws the runs of "
             "`cnnlab train` once an epoch has finished."
         )
+    kinds = {run.data for run in runs if run.data}
+    if len(kinds) > 1 and warn is not None:  # accuracies over other classes measure other tasks
+        warn("the runs were trained on different data (" + "; ".join(
+            f"{run.folder.name}: {run.data}" for run in runs if run.data) + "); their accuracies are not comparable.")
     for unique in (lambda run: run.folder.resolve().name, lambda run: str(run.folder)):
         counts = Counter(run.name for run in runs)
         for run in runs:

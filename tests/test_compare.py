@@ -118,3 +118,22 @@ def test_only_baseline_runs_is_an_error_that_says_so(runner, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: nothing to compare: {fresh} has no finished epoch (history.json); {svm} is a baseline run, "
         "drawn only beside a trained run's curves; compare draws the runs of `cnnlab train` once an epoch has finished.")
+
+
+def _trained_on(run, dataset: str, classes: list[str], source: str | None = None):
+    rundir.write_json(run / rundir.DATA, {"dataset": dataset, "source": source, "classes": classes})
+    return run
+
+
+def test_compare_names_the_data_and_warns_when_the_classes_differ(runner, tmp_path):
+    shapes = ["circle", "square", "triangle"]
+    a = _trained_on(_run(tmp_path, "a", [0.5, 0.6]), "folder", shapes, "/data/shapes")
+    b = _trained_on(_run(tmp_path, "b", [0.7, 0.8]), "folder", shapes, "/data/shapes")
+    fig = comparison_figure(comparison_curves([a, b]))
+    assert fig._suptitle.get_text() == "a vs b\non folder shapes: circle, square, triangle"
+    digits = _trained_on(_run(tmp_path, "d", [0.9, 0.95]), "mnist", [str(d) for d in range(10)])
+    result = runner.invoke(app, ["compare", str(a), str(digits), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("warning: the runs were trained on different data")
+    assert "folder shapes: circle, square, triangle" in line and "mnist: 0, 1, 2, 3, 4, 5, ... (10)" in line
