@@ -237,6 +237,8 @@ def test_a_run_still_training_its_first_epoch_says_so(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
 def zip_bomb(path, config_mib: int = 0, weights_declared: int = 0, entries: int = 0):
     """A small .keras archive that declares far more than it stores.
 
