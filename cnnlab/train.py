@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -122,7 +122,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         progress: shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
     """
     plan = check_model(cfg, str(source))
-    with step(f"loading {cfg.data.dataset}", quiet):
+    with _loading(cfg, plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
     backend = _start_backend(device, quiet)  # a missing GPU fails here, before a run folder exists
     start = _starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
@@ -195,7 +195,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
             f"first epoch finished); train its config again with `cnnlab train {config_path}`."
         )
     plan = check_model(cfg, str(config_path))
-    with step(f"loading {cfg.data.dataset}", quiet):
+    with _loading(cfg, plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(config_path))
     backend = _start_backend(device, quiet)
     rundir.remove_temporaries(run.path)
@@ -213,6 +213,16 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     rundir.write_json(run.path / rundir.RUN, info)
     say(f"resuming {run.path} after epoch {len(history)}" + (f", now for {cfg.train.epochs} epochs" if extend else ""))
     return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet)
+
+
+def _loading(cfg: Config, plan: ModelPlan, quiet: bool):
+    """The status of loading the data: a user's folder shows its own progress bar when it decodes
+    (a spinner beside it would fight it for the terminal), so it gets a plain line."""
+    if plan.data.own_data:
+        if not quiet:
+            print(f"loading {plan.data.source} ...", file=sys.stderr, flush=True)
+        return nullcontext()
+    return step(f"loading {cfg.data.dataset}", quiet)
 
 
 def _info(echo: Echo, quiet: bool) -> Echo:
