@@ -127,6 +127,8 @@ CONFIG_CASES = [
     ("image size for points", lambda d: d["data"].update(dataset="xor", image_size=[8, 8], validation={"method": "none"}),
      ["--set", "train.checkpoint.monitor=loss"], ["data.image_size", "xor is not an image data set"]),
     ("folder without a path", lambda d: d["data"].update(dataset="folder"), [], ["data.path", "needs a path"]),
+    ("a path for a built-in set", lambda d: d["data"].update(path="photos/"), [],
+     ["data.path", "mnist is built in", "dataset: folder or csv"]),
     ("unknown colour", lambda d: d["data"].update(color="rbg"), [], ["data.color", "did you mean 'rgb'"]),
     ("optimizer typo", lambda d: d["train"].update(optimizer={"name": "adamW"}), [],
      ["train.optimizer.name", "did you mean 'adamw'", "nadam"]),

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,11 @@ def describe(data, where: str = "the config") -> DatasetInfo:
     A user's folder or CSV is listed (not decoded) to find its classes and sizes.
     """
     if data.dataset in DATASETS:
+        if data.path is not None:
+            raise CnnlabError(
+                f"{where}: data.path: {data.dataset} is built in (its files come from data.dir); data.path is for "
+                "dataset: folder or csv, your own images."
+            )
         info = DATASETS[data.dataset]
         if info.spec is None:
             for key in ("image_size", "color"):
@@ -159,8 +164,6 @@ def describe(data, where: str = "the config") -> DatasetInfo:
 
 
 def _with_spec(info: DatasetInfo, spec: ImageSpec, data) -> DatasetInfo:
-    from dataclasses import replace
-
     preprocess = info.preprocess if data.predict_preprocess == "auto" else data.predict_preprocess
     return replace(info, spec=spec, sample_shape=spec.shape, preprocess=preprocess)
 
@@ -284,8 +287,6 @@ def select_test_files(data: ImageData, files: list[str], where: str) -> ImageDat
             + (f" ({len(missing) - 1} more are gone too)" if len(missing) > 1 else "")
             + "; evaluate scores the images the run was tested on."
         )
-    from dataclasses import replace
-
     return replace(data, test=np.array([row_of[name] for name in files], dtype=np.int64))
 
 
