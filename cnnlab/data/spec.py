@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,8 @@ class DatasetInfo:
         source: the folder or CSV file of a user's own data set.
         folder, urls, md5: a built-in data set's sub-folder of the data directory, download
             mirrors, and the md5 of each of its IDX files.
+        manifest: a user's data set: the files `describe` listed (`cnnlab.data.files.Manifest`),
+            so that loading does not list the folder a second time.
     """
 
     name: str
@@ -102,6 +105,7 @@ class DatasetInfo:
     folder: str = ""
     urls: tuple[str, ...] = ()
     md5: tuple[tuple[str, str], ...] = ()
+    manifest: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_image(self) -> bool:

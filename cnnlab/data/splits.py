@@ -158,7 +158,7 @@ def describe(data, where: str = "the config") -> DatasetInfo:
     info = DatasetInfo(
         name=data.dataset, num_classes=len(manifest.classes), class_names=manifest.classes, spec=spec,
         sample_shape=spec.shape, preprocess="none", train_size=len(manifest.files) - test, test_size=test,
-        source=str(manifest.source),
+        source=str(manifest.source), manifest=manifest,
     )
     return _with_spec(info, spec, data)
 
@@ -235,7 +235,7 @@ def _transform(images: np.ndarray, spec: ImageSpec) -> np.ndarray:
 
 
 def _load_own(data, info: DatasetInfo, progress: Progress | None, where: str) -> ImageData:
-    manifest = scan(data.dataset, data.path, where)
+    manifest = info.manifest or scan(data.dataset, data.path, where)  # a run's info (evaluate) lists anew
     images, bad = decoded_images(manifest, info.spec, cache_root(data.cache_dir), progress, use_cache=data.cache)
     if bad and not data.skip_bad_images:
         listed = ", ".join(f"{manifest.files[i]} ({why})" for i, why in list(bad.items())[:3])
