@@ -302,3 +302,18 @@ def test_mnist_at_another_size_and_in_colour(runner, tmp_path, write_config):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["preprocess"] == "mnist"  # a digit model keeps MNIST's preparation
     assert len(list((tmp_path / "why").glob("*.png"))) == 1
+
+
+def test_a_folder_with_train_and_test_folders_keeps_its_test_set(tmp_path):
+    folder = write_shapes_folder(tmp_path / "split", per_class=12, test_per_class=4)
+    cfg = validate_config(shapes_config(folder), "c")
+    info = describe(cfg.data)
+    assert info.class_names == SHAPES and (info.train_size, info.test_size) == (36, 12)
+    data = load(cfg.data, info)
+    splits = prepare(cfg, info.sample_shape, False, data)
+    assert data.fixed_test and sorted(splits.test_files) == sorted(
+        f"test/{kind}/{file.name}" for kind in SHAPES for file in (folder / "test" / kind).iterdir())
+    assert all(data.files[i].startswith("train/") for i in [*splits.x_train.rows, *splits.x_val.rows])
+    from cnnlab.data import data_record
+
+    assert data_record(data, splits, cfg.data)["test_split"] == "fixed"
