@@ -317,3 +317,21 @@ def test_a_folder_with_train_and_test_folders_keeps_its_test_set(tmp_path):
     from cnnlab.data import data_record
 
     assert data_record(data, splits, cfg.data)["test_split"] == "fixed"
+
+
+def test_large_photos_decode_on_threads_to_the_same_rows(tmp_path):
+    """Photos (here 300 KB PNGs of noise) take the threaded path; each row is what predict would see."""
+    from cnnlab.data.cache import decode_file
+
+    rng = np.random.default_rng(0)
+    for kind in ("a", "b"):
+        (tmp_path / "photos" / kind).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (320, 320, 3), dtype=np.uint8)).save(tmp_path / "photos" / kind / f"{i}.png")
+    manifest = scan("folder", str(tmp_path / "photos"), "c")
+    assert min((tmp_path / "photos" / f).stat().st_size for f in manifest.files) > 64 * 1024
+    spec = describe(validate_config(shapes_config(tmp_path / "photos"), "c").data).spec
+    images, bad = decoded_images(manifest, spec, tmp_path / "cache")
+    assert not bad
+    for i in range(len(manifest.files)):
+        np.testing.assert_array_equal(images[[i]][0], decode_file(manifest.path(i), spec))
