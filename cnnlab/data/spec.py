@@ -47,9 +47,6 @@ class ImageSpec:
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, self.channels)
 
-    def describe(self) -> str:
-        return f"{self.height}x{self.width} {self.color}"
-
     @property
     def draft_size(self) -> tuple[int, int]:
         """(width, height) a JPEG may be decoded at (1/2 .. 1/8 of its size) and still be resized well."""
@@ -114,7 +111,3 @@ class DatasetInfo:
     @property
     def own_data(self) -> bool:
         return self.name in OWN_DATA
-
-    def describe(self) -> str:
-        what = self.spec.describe() if self.spec else "points"
-        return f"{self.name}{f' {self.source}' if self.source else ''} ({what}, {self.num_classes} classes)"

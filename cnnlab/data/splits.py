@@ -73,8 +73,6 @@ class Samples:
     arrays; `raw(...)` gives the stored values.
     """
 
-    dtype = np.dtype("float32")
-
     def __init__(self, images, rows: np.ndarray, scale: float | None, shape: tuple[int, ...]):
         self.images, self.rows, self.scale, self.sample_shape = images, np.asarray(rows, np.int64), scale, tuple(shape)
 
@@ -105,9 +103,6 @@ class Samples:
     def __array__(self, dtype=None, copy=None):
         x = self[:]
         return x if dtype is None else x.astype(dtype)
-
-    def subset(self, which) -> Samples:
-        return Samples(self.images, self.rows[which], self.scale, self.sample_shape)
 
 
 @dataclass
@@ -149,8 +144,11 @@ def describe(data, where: str = "the config") -> DatasetInfo:
                          data.color or info.spec.color, data.interpolation)
         return _with_spec(info, spec, data)
     manifest = scan(data.dataset, data.path, where)
-    spec = ImageSpec(*(data.image_size or _first_size(manifest)), data.color or _first_color(manifest),
-                     data.interpolation)
+    size, color = data.image_size, data.color
+    if size is None or color is None:
+        first_size, first_color = _first_image_format(manifest)
+        size, color = size or first_size, color or first_color
+    spec = ImageSpec(*size, color, data.interpolation)
     if manifest.is_test is not None:
         test = int(manifest.is_test.sum())
     else:
@@ -168,26 +166,20 @@ def _with_spec(info: DatasetInfo, spec: ImageSpec, data) -> DatasetInfo:
     return replace(info, spec=spec, sample_shape=spec.shape, preprocess=preprocess)
 
 
-def _first_size(manifest: Manifest) -> tuple[int, int]:
-    width, height = _first_image(manifest).size
-    shrink = min(1.0, MAX_INFERRED_SIDE / max(width, height))
-    return max(1, round(height * shrink)), max(1, round(width * shrink))
-
-
-def _first_color(manifest: Manifest) -> str:
-    return "grayscale" if _first_image(manifest).mode in ("1", "L", "LA", "I", "I;16", "F") else "rgb"
-
-
-def _first_image(manifest: Manifest):
-    """The first readable image's header (size and mode), for the defaults of image_size and color."""
+def _first_image_format(manifest: Manifest) -> tuple[tuple[int, int], str]:
+    """The defaults of image_size and color: the first readable image's size (shrunk to fit
+    MAX_INFERRED_SIDE) and whether it is grey or colour, read from its header."""
     from PIL import Image
 
     for index in range(min(len(manifest.files), 20)):
         try:
             with Image.open(manifest.path(index)) as image:
-                return image
+                (width, height), mode = image.size, image.mode
         except (OSError, SyntaxError, ValueError):
             continue
+        shrink = min(1.0, MAX_INFERRED_SIDE / max(width, height))
+        size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+        return size, "grayscale" if mode in ("1", "L", "LA", "I", "I;16", "F") else "rgb"
     raise CnnlabError(
         f"{manifest.source}: none of the first images can be read, so their size is unknown; "
         "set data.image_size and data.color."
