@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,12 +81,14 @@ class Diverged(CnnlabError):
 
 
 @contextmanager
-def step(label: str, quiet: bool = False) -> Iterator[None]:
+def step(label: str, quiet: bool = False, spinner: bool = True) -> Iterator[None]:
     """Say on stderr that a slow step is running: `with step("scoring 10,000 test images"): ...`.
 
     Args:
         label: what is being done, for people ("loading mnist").
         quiet: say nothing (`--quiet`).
+        spinner: False for a step that draws its own progress bar (a spinner would fight it
+            for the terminal): the plain line then.
 
     On a terminal a spinner, then the label with how long it took; in a log one line
     "label ..." when the step starts.
@@ -94,7 +96,7 @@ def step(label: str, quiet: bool = False) -> Iterator[None]:
     if quiet:
         yield
         return
-    if not sys.stderr.isatty():
+    if not spinner or not sys.stderr.isatty():
         print(f"{label} ...", file=sys.stderr, flush=True)
         yield
         return
@@ -122,7 +124,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         progress: shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
     """
     plan = check_model(cfg, str(source))
-    with _loading(cfg, plan, quiet):
+    with _loading(plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
     backend = _start_backend(device, quiet)  # a missing GPU fails here, before a run folder exists
     start = _starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
@@ -195,7 +197,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
             f"first epoch finished); train its config again with `cnnlab train {config_path}`."
         )
     plan = check_model(cfg, str(config_path))
-    with _loading(cfg, plan, quiet):
+    with _loading(plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(config_path))
     backend = _start_backend(device, quiet)
     rundir.remove_temporaries(run.path)
@@ -215,14 +217,10 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet)
 
 
-def _loading(cfg: Config, plan: ModelPlan, quiet: bool):
-    """The status of loading the data: a user's folder shows its own progress bar when it decodes
-    (a spinner beside it would fight it for the terminal), so it gets a plain line."""
-    if plan.data.own_data:
-        if not quiet:
-            print(f"loading {plan.data.source} ...", file=sys.stderr, flush=True)
-        return nullcontext()
-    return step(f"loading {cfg.data.dataset}", quiet)
+def _loading(plan: ModelPlan, quiet: bool):
+    """The status of loading the data; a user's folder draws its own progress bar when it decodes."""
+    own = plan.data.own_data
+    return step(f"loading {plan.data.source if own else plan.data.name}", quiet, spinner=not own)
 
 
 def _info(echo: Echo, quiet: bool) -> Echo:
