@@ -11,7 +11,11 @@ export CNNLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
 endif
 CONFIG ?= configs/cnn.yaml
 
-.PHONY: install train test bench clean example-data
+.PHONY: install train test bench clean example-data test-system
+
+# Real parts the tests start (README, "Tests"): a browser for the served page, a database
+# server for a shared tuning study; installed with apt-get when missing.
+DEBIAN_TEST_PACKAGES := chromium chromium-driver postgresql
 
 install: $(VENV)/.installed
 
@@ -28,7 +32,10 @@ train: install
 example-data: install
 	$(BIN)/python examples/make_shapes.py examples/shapes
 
-test: install
+test-system:
+	sh scripts/need-debian-packages $(DEBIAN_TEST_PACKAGES)
+
+test: install test-system
 	$(BIN)/python -m pytest -q
 
 # make bench: the speed benchmark of issue 6 into bench/RESULTS.md (~15-20 min on 2 cores;
