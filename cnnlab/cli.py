@@ -286,6 +286,45 @@ def predict(
         raise typer.Exit(2)
 
 
+@app.command()
+@user_errors
+def serve(
+    target: Target,
+    host: Annotated[str, typer.Option(
+        help="The address to listen on; 127.0.0.1 serves only this machine, 0.0.0.0 every network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", min=0.001, help="Refuse request bodies larger than this (HTTP 413).")] = 10.0,
+) -> None:
+    """Serve TARGET over HTTP: POST /predict, GET /health, /model, /docs, and a draw-a-digit page at /."""
+    from cnnlab.serve import serve as serve_model
+
+    serve_model(target, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20), echo=typer.echo)
+
+
+class ExportFormat(str, Enum):
+    saved_model = "saved_model"
+    tflite = "tflite"
+    onnx = "onnx"
+
+
+@app.command()
+@user_errors
+def export(
+    target: Target,
+    format: Annotated[ExportFormat, typer.Option(
+        "--format", "-f", help="saved_model (TensorFlow Serving), tflite (LiteRT) or onnx (onnxruntime).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where to write (default: <run>/export/saved_model, model.tflite or model.onnx).",
+        show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace what is at the output path.")] = False,
+) -> None:
+    """Export TARGET's model for another runtime, checked against Keras on its test images (within 1e-4)."""
+    from cnnlab.export import export_model
+
+    typer.echo(export_model(target, format.value, output=output, force=force).report())
+
+
 @contextlib.contextmanager
 def _progress(count: int, label: str):
     """A progress bar on stderr for many images; a no-op step for a few."""

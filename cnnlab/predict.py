@@ -28,7 +28,7 @@ import numpy as np
 from cnnlab.checkpoint import make_output_dir
 from cnnlab.data import IMAGE_SUFFIXES, DatasetInfo
 from cnnlab.errors import CnnlabError
-from cnnlab.preprocess import prepare_image
+from cnnlab.preprocess import ImageBytes, prepare_image
 
 PREPROCESS_CHOICES = ("auto", "mnist", "fashion", "none")
 _BATCH = 64  # images prepared and predicted together
@@ -38,7 +38,7 @@ _BATCH = 64  # images prepared and predicted together
 class Prediction:
     """One image's answer: the class, the top-k (class id, name, probability), the 28x28 seen."""
 
-    path: Path
+    path: Path | ImageBytes
     label: int
     name: str
     top: list[tuple[int, str, float]]
@@ -87,7 +87,7 @@ def preprocessing_for(info: DatasetInfo, choice: str) -> str:
     return info.preprocess if choice == "auto" else choice
 
 
-def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "auto",
+def predict_files(loaded, files: list[Path | ImageBytes], top_k: int = 3, preprocess: str = "auto",
                   explain_dir: str | Path | None = None,
                   on_image: Callable[[int], None] | None = None,
                   on_bad_image: Callable[[CnnlabError], None] | None = None) -> list[Prediction]:
@@ -95,7 +95,7 @@ def predict_files(loaded, files: list[Path], top_k: int = 3, preprocess: str = "
 
     Args:
         loaded: the model, with its data set and scaling.
-        files: image files (see `collect_images`).
+        files: image files (see `collect_images`), or images received as bytes (`ImageBytes`, e.g. uploads).
         top_k: how many classes, most probable first, each prediction lists.
         preprocess: "auto" (the data set's own), "mnist", "fashion" or "none" (plain resize).
         explain_dir: if given, a PNG per image is written there (see the module docstring).

@@ -33,8 +33,10 @@ Example:
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,23 +55,45 @@ _MIN_CONTRAST = 24.0  # grey levels between paper and ink below which an image c
 STYLES = ("mnist", "fashion", "none")
 
 
-def open_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Read an image file as 8-bit "L" or "RGB", with transparency composited over white.
+@dataclass(frozen=True)
+class ImageBytes:
+    """An image received as bytes (an HTTP upload) rather than a file: its name for messages, its content.
+
+    Everything that reads an image file (`open_image`, `prepare_image`, `cnnlab.predict`) reads these too.
+    """
+
+    name: str
+    data: bytes = field(repr=False)
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Read an image file (or `ImageBytes`) as 8-bit "L" or "RGB", with transparency composited over white.
 
     Pillow's decompression-bomb limit stays on: an image with more pixels than
     `Image.MAX_IMAGE_PIXELS` is refused before it is decoded. `draft_size` (width, height)
     lets a JPEG decode at the smallest of 1/2, 1/4, 1/8 of its size that still covers it
     (a photo that becomes 64x64 need not be decoded at 4000x3000).
     """
-    path = Path(path)
-    if not path.exists():
-        raise CnnlabError(f"{path}: no such image file.")
-    if path.is_dir():
-        raise CnnlabError(f"{path}: is a folder, not an image file.")
+    if isinstance(source, ImageBytes):
+        path, stream, empty = source.name, io.BytesIO(source.data), not source.data
+    else:
+        path = stream = Path(source)
+        if not path.exists():
+            raise CnnlabError(f"{path}: no such image file.")
+        if path.is_dir():
+            raise CnnlabError(f"{path}: is a folder, not an image file.")
+        empty = path.stat().st_size == 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(stream) as image:
                 if draft_size is not None:
                     image.draft(image.mode, draft_size)
                 elif max(image.size) > WORK_SIDE:
@@ -82,7 +106,7 @@ def open_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> I
             "Pillow's decompression-bomb limit); shrink it first."
         ) from None
     except UnidentifiedImageError:
-        what = "an empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
+        what = "an empty file" if empty else "not an image Pillow can read"
         raise CnnlabError(f"{path}: is {what}; use a PNG, JPG, BMP or GIF file.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CnnlabError(f"{path}: cannot read the image (truncated or corrupt: {exc}).") from None
@@ -308,11 +332,11 @@ def _place_by_mass(digit: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_image(path: str | Path, style: str = "mnist", spec=None) -> tuple[Image.Image, np.ndarray]:
+def prepare_image(path: str | Path | ImageBytes, style: str = "mnist", spec=None) -> tuple[Image.Image, np.ndarray]:
     """Read `path` and prepare it: (the image as read, the image for the model).
 
     Args:
-        path: an image file (PNG, JPG, BMP, GIF, TIFF...).
+        path: an image file (PNG, JPG, BMP, GIF, TIFF...), or its bytes (`ImageBytes`).
         style: "mnist" (digits), "fashion" (Fashion-MNIST products) or "none" (only the
             conversion and resize the training images had).
         spec: the model's `cnnlab.data.ImageSpec` (size, colour): the MNIST/Fashion steps make a

@@ -1,0 +1,302 @@
+"""An HTTP API and a draw-a-digit page for a trained model: `cnnlab serve RUN`.
+
+The app predicts exactly as `cnnlab predict` does: the model is loaded by
+`cnnlab.checkpoint.load_checkpoint(fast=True)` (the run's `model.tflite` through LiteRT,
+so the server is ready without importing TensorFlow; `best.keras` where there is none),
+and every image goes through `cnnlab.predict.predict_files`: the same preprocessing, the
+same top-k. This module only adds HTTP.
+
+Routes:
+- `POST /predict`: images as a multipart upload (any field name, up to `max_files`) or
+  one image as the raw body (`Content-Type: image/...` or `application/octet-stream`).
+  Query: `top_k` (default 3), `preprocess` (auto | mnist | fashion | none), `seen=true`
+  to get the image the model saw as a PNG data URL. Answer: per image the top-k classes
+  with names and probabilities.
+- `GET /health`, `GET /model` (name, classes, input shape, test accuracy, versions),
+  `GET /docs` (FastAPI's OpenAPI page).
+- `GET /`: the draw-a-digit page (`cnnlab/serve_page/`: plain HTML, CSS and JS, no CDN).
+
+Every bad request gets a JSON error `{"detail": "..."}` with a 4xx status and the server
+keeps serving: 400 empty body / too many files, 413 a body over `max_upload_bytes`
+(checked before and while it is read), 415 a content type that is no image, 422 an
+upload that is not an image, truncated, a decompression bomb (Pillow's limit) or blank,
+404 any other path (no route reads a file named by the request). LiteRT's interpreter
+is not thread-safe; `LiteModel` holds a lock around each call, so requests may run in
+parallel threads. One line per request is logged (method, path, status, milliseconds).
+
+Example:
+    app = create_app(load_checkpoint("runs/cnn-20261123-012542", fast=True))
+    serve("runs/cnn-20261123-012542", port=8000)  # blocks; Ctrl-C / SIGTERM stop it cleanly
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+import time
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from cnnlab import rundir
+from cnnlab.checkpoint import LoadedModel, load_checkpoint
+from cnnlab.errors import CnnlabError
+from cnnlab.predict import PREPROCESS_CHOICES, predict_files, preprocessing_for
+from cnnlab.preprocess import ImageBytes
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-5 MB
+MAX_FILES = 64  # images per request
+PAGE = "serve_page"  # package folder of the page: index.html, page.js, page.css
+_PAGE_FILES = {"page.js": "text/javascript", "page.css": "text/css"}
+_RAW_TYPES = ("image/", "application/octet-stream")
+
+
+def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_files: int = MAX_FILES,
+               log: Callable[[str], None] | None = None):
+    """The FastAPI app serving `loaded` (see the module docstring for its routes).
+
+    Args:
+        loaded: the model, as `cnnlab.checkpoint.load_checkpoint` returns it.
+        max_upload_bytes: a request body larger than this is refused with 413.
+        max_files: a multipart request with more images than this is refused with 400.
+        log: called with one line per request (default: print to stderr).
+    """
+    app = FastAPI(title="cnnlab", version=_version("cnnlab"),
+                  description=f"Predictions of {loaded.path} ({loaded.kind}).")
+    described = describe_model(loaded)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    def model() -> dict:
+        return described
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(_page_file("index.html"))
+
+    for name, media_type in _PAGE_FILES.items():  # fixed names only: no route maps a request to a path
+        app.add_api_route(f"/{name}", _static(name, media_type), methods=["GET"], include_in_schema=False)
+
+    @app.post("/predict", openapi_extra=_PREDICT_BODY)
+    async def predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, description="How many classes to list per image."),
+        preprocess: str = Query("auto", description=f"One of {', '.join(PREPROCESS_CHOICES)}.",
+                                pattern=f"^({'|'.join(PREPROCESS_CHOICES)})$"),
+        seen: bool = Query(False, description="Also return the image the model saw, as a PNG data URL."),
+    ) -> dict:
+        """Predict the class of each uploaded image (multipart files, or one image as the raw body)."""
+        images = await _received_images(request, max_files)
+        try:
+            predictions = await run_in_threadpool(predict_files, loaded, images, top_k, preprocess)
+        except CnnlabError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        answers = []
+        for prediction in predictions:
+            answer = prediction.to_dict()
+            del answer["explanation"]
+            if seen:
+                answer["seen"] = png_data_url(prediction.seen)
+            answers.append(answer)
+        return {"model": str(loaded.path), "preprocess": preprocessing_for(loaded.info, preprocess),
+                "predictions": answers}
+
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes)
+    app.add_middleware(_RequestLog, log=log or (lambda line: print(line, file=sys.stderr, flush=True)))
+    return app
+
+
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
+async def _received_images(request: Request, max_files: int) -> list[ImageBytes]:
+    """The images of a request: the files of a multipart form, or the raw body as one image."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=max_files, max_fields=max_files)
+        uploads = [value for _, value in form.multi_items() if not isinstance(value, str)]
+        if not uploads:
+            raise HTTPException(status_code=400, detail="the multipart request holds no file; send images as file fields.")
+        images = [ImageBytes(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(uploads)]
+        await form.close()
+    elif content_type.startswith(_RAW_TYPES):
+        images = [ImageBytes("the request body", await request.body())]
+    else:
+        raise HTTPException(
+            status_code=415,
+            detail=f"Content-Type {content_type or '(none)'!r}: send an image (image/png, image/jpeg, ...) as the body "
+                   "or images as multipart/form-data files.")
+    empty = [image.name for image in images if not image.data]
+    if empty:
+        raise HTTPException(status_code=400, detail=f"{', '.join(empty)}: empty; send the image's bytes.")
+    return images
+
+
+def describe_model(loaded: LoadedModel) -> dict:
+    """What `GET /model` answers: the model, its data set and classes, how it scored, versions."""
+    run = loaded.run_dir
+    metrics = _json_or_empty(run / rundir.METRICS) if run else {}
+    environment = _json_or_empty(run / rundir.ENVIRONMENT) if run else {}
+    name = run.name if run else loaded.path.stem
+    if run and (run / rundir.CONFIG).exists():
+        import yaml
+
+        name = (yaml.safe_load((run / rundir.CONFIG).read_text()) or {}).get("name", name)
+    return {
+        "name": name, "model": str(loaded.path), "kind": loaded.kind, "dataset": loaded.dataset,
+        "classes": list(loaded.class_names), "input_shape": list(loaded.input_shape),
+        "preprocess": loaded.info.preprocess, "test_accuracy": metrics.get("test_accuracy"),
+        "trained_with": environment,
+        "serving": {package: _version(package) for package in ("cnnlab", "ai-edge-litert", "fastapi", "uvicorn")},
+    }
+
+
+def png_data_url(seen) -> str:
+    """An image array (H, W[, C]) of grey levels 0..255 as a `data:image/png;base64,...` URL."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.clip(np.round(np.asarray(seen, dtype=np.float32)), 0, 255).astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, echo: Callable[[str], None] = print) -> None:
+    """Load TARGET and serve it until Ctrl-C or SIGTERM (requests in flight are finished first)."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise CnnlabError(f"--port {port}: must be between 0 and 65535.")
+    loaded = load_checkpoint(target, fast=True)
+    if not loaded.info.is_image:
+        raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data set; "
+                          "serve predicts images.")
+    app = create_app(loaded, max_upload_bytes=max_upload_bytes)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{port}  (API docs: /docs; Ctrl-C stops)")
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind the address
+        raise CnnlabError(f"--host {host} --port {port}: cannot listen there (in use, or not this machine's "
+                          "address); choose another --port.") from None
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413, by its Content-Length or as it streams in."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        limit = f"{self.limit / 2**20:g} MiB" if self.limit >= 2**20 else f"{self.limit:,} bytes"
+        body = json.dumps({"detail": f"the request body is larger than the server's limit of {limit} "
+                                     "(cnnlab serve --max-upload-mb)."}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _RequestLog:
+    """ASGI middleware: one line per request, `POST /predict 200 3.1 ms`."""
+
+    def __init__(self, app, log: Callable[[str], None]):
+        self.app, self.log = app, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            elapsed = (time.perf_counter() - start) * 1000
+            self.log(f"{scope['method']} {scope['path']} {status[0]} {elapsed:.1f} ms")
+
+
+def _static(name: str, media_type: str):
+    def route() -> Response:
+        return Response(_page_file(name), media_type=media_type)
+
+    return route
+
+
+def _page_file(name: str) -> str:
+    return resources.files("cnnlab").joinpath(PAGE, name).read_text(encoding="utf-8")
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
