@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 import sys
 import time
 from importlib import resources
@@ -198,11 +199,22 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{port}  (API docs: /docs; Ctrl-C stops)")
+    # uvicorn finishes the requests in flight on SIGINT/SIGTERM, then raises the signal again
+    # with the handlers it found: ours turns SIGTERM, like Ctrl-C, into a clean stop.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind the address
         raise CnnlabError(f"--host {host} --port {port}: cannot listen there (in use, or not this machine's "
                           "address); choose another --port.") from None
+    except KeyboardInterrupt:
+        echo("stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 class _BodyLimit:

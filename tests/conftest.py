@@ -84,3 +84,97 @@ def small_dnn(**train) -> dict:
         ]},
         "train": {"epochs": 3, "batch_size": 32, **train},
     }
+
+
+# --- a served model (tests/test_serve.py, tests/test_serve_page.py) --------------------------
+
+def tiny_cnn() -> dict:
+    """A small MNIST CNN that reads real handwriting well enough after a few seconds of training."""
+    return {
+        "name": "tiny_cnn", "seed": 3,
+        "data": {"dataset": "mnist", "train_samples": 12000, "test_samples": 1000,
+                 "validation": {"method": "stratified", "size": 0.1}},
+        "model": {"layers": [
+            {"type": "conv2d", "filters": 16, "kernel_size": 5, "padding": "same", "activation": "relu"},
+            {"type": "max_pooling2d", "pool_size": 2},
+            {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"},
+            {"type": "max_pooling2d", "pool_size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ]},
+        "train": {"epochs": 2, "batch_size": 64},
+    }
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory) -> Path:
+    """A run directory of `tiny_cnn`, trained once per test session (with its model.tflite)."""
+    if DATA_DIR is None:
+        pytest.skip("real MNIST files not found")
+    from cnnlab.config import validate_config
+    from cnnlab.train import train
+
+    data = tiny_cnn()
+    data["data"].update(dir=str(DATA_DIR), download=False)  # session scope: no per-test environment
+    result = train(validate_config(data, "tiny_cnn"), "tiny_cnn", runs_dir=tmp_path_factory.mktemp("served"),
+                   echo=lambda _: None, quiet=True)
+    return result.run_dir
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `cnnlab serve` process on 127.0.0.1: its URL, its process, its log (stdout and stderr)."""
+
+    def __init__(self, run: Path, log: Path, *options: str):
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        env = {**os.environ, "CNNLAB_OFFLINE": "1"}
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cnnlab", "serve", str(run), "--port", str(self.port), *options],
+                stdout=out, stderr=subprocess.STDOUT, env=env)
+        start = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() - start > 60:
+                self.stop()
+                raise RuntimeError(f"cnnlab serve did not start: {log.read_text()}")
+            time.sleep(0.05)
+        self.ready_after = time.monotonic() - start
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def server(served_run, tmp_path_factory):
+    """`cnnlab serve` on the session's run, uploads limited to 1 MiB; stopped at the end of the session."""
+    running = Server(served_run, tmp_path_factory.mktemp("server") / "serve.log", "--max-upload-mb", "1")
+    yield running
+    running.stop()

@@ -1,0 +1,276 @@
+"""`cnnlab serve`: a real uvicorn process on 127.0.0.1, spoken to over HTTP with httpx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.predict import predict_files
+from cnnlab.serve import MAX_FILES
+
+from conftest import SHARED, Server, free_port, needs_data, needs_shared
+
+pytestmark = [needs_data, needs_shared]
+
+
+def _digits(count: int | None = None) -> list:
+    """Real handwritten digits (../shared/digits), with their labels."""
+    rows = (SHARED / "digits" / "manifest.csv").read_text().splitlines()[1:]
+    found = [(SHARED / "digits" / row.split(",")[0], int(row.split(",")[1])) for row in rows]
+    return found[:count] if count else found
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _post_image(server, data: bytes, content_type: str = "image/png", **params) -> httpx.Response:
+    return httpx.post(f"{server.url}/predict", content=data, headers={"Content-Type": content_type},
+                      params=params, timeout=30)
+
+
+def test_health_model_and_docs(server, served_run):
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    model = httpx.get(f"{server.url}/model").json()
+    metrics = json.loads((served_run / "metrics.json").read_text())
+    assert model["name"] == "tiny_cnn" and model["dataset"] == "mnist"
+    assert model["classes"] == [str(i) for i in range(10)] and model["input_shape"] == [28, 28, 1]
+    assert model["model"].endswith("model.tflite")  # predicts through LiteRT
+    assert model["test_accuracy"] == metrics["test_accuracy"]
+    assert model["trained_with"]["keras"] and model["serving"]["fastapi"]
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+def test_a_raw_image_body_gets_the_answer_cnnlab_predict_gives(server, served_run):
+    loaded = load_checkpoint(served_run, fast=True)
+    right = 0
+    for path, label in _digits()[::10]:
+        answer = _post_image(server, path.read_bytes(), top_k=3)
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["predictions"][0]
+        local = predict_files(loaded, [path], top_k=3)[0]
+        assert served["class"] == local.label and len(served["top_k"]) == 3
+        assert [c["probability"] for c in served["top_k"]] == pytest.approx([p for _, _, p in local.top], abs=1e-6)
+        right += served["class"] == label
+    assert right >= 7  # of 11 real photos and drawings: the server reads handwriting, not only MNIST
+
+
+def test_multipart_upload_of_several_files_with_the_seen_images(server, served_run):
+    digits = _digits()[:3]
+    files = [("files", (path.name, path.read_bytes(), "image/png")) for path, _ in digits]
+    answer = httpx.post(f"{server.url}/predict", files=files, params={"seen": "true", "top_k": 10}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [p["file"] for p in predictions] == [path.name for path, _ in digits]
+    local = predict_files(load_checkpoint(served_run, fast=True), [path for path, _ in digits], top_k=10)
+    for served, expected in zip(predictions, local):
+        assert len(served["top_k"]) == 10 and served["class"] == expected.label
+        header, data = served["seen"].split(",", 1)
+        assert header == "data:image/png;base64"
+        seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+        assert seen.shape == (28, 28)
+        np.testing.assert_array_equal(seen, expected.seen[..., 0])  # the very 28x28 the model saw
+
+
+def test_preprocess_none_is_a_query_option(server):
+    path, _ = _digits()[0]
+    answer = _post_image(server, path.read_bytes(), preprocess="none")
+    assert answer.status_code == 200 and answer.json()["preprocess"] == "none"
+    assert _post_image(server, path.read_bytes()).json()["preprocess"] == "mnist"
+    bad = _post_image(server, path.read_bytes(), preprocess="sharpen")
+    assert bad.status_code == 422 and "preprocess" in bad.text
+
+
+def _decompression_bomb() -> bytes:
+    """A 1-bit PNG of 12,000 x 12,000 pixels: a few KB that would decode to 144 million pixels."""
+    return _png(Image.new("1", (12000, 12000)))
+
+
+def _bad_requests(server) -> dict:
+    """Each bad input of issue 12, as a function sending it, with the status and message expected."""
+    photo = _digits()[0][0].read_bytes()
+    blank = _png(Image.new("RGB", (280, 280), "white"))
+    tiny = _png(Image.new("L", (28, 28)))
+    return {
+        "not an image": (lambda: _post_image(server, b"GIF89 this is text, not a picture"), 422, "not an image"),
+        "empty body": (lambda: _post_image(server, b""), 400, "empty"),
+        "truncated png": (lambda: _post_image(server, photo[: len(photo) // 2]), 422, "truncated"),
+        "decompression bomb": (lambda: _post_image(server, _decompression_bomb()), 422, "decompression-bomb"),
+        "over the size limit": (lambda: _post_image(server, photo + bytes(2**20)), 413, "1 MiB"),
+        "over the limit, streamed": (
+            lambda: httpx.post(f"{server.url}/predict", content=iter([photo, bytes(2**20)]),
+                               headers={"Content-Type": "image/png"}, timeout=30), 413, "1 MiB"),
+        "blank drawing": (lambda: _post_image(server, blank), 422, "no ink"),
+        "too many files": (
+            lambda: httpx.post(f"{server.url}/predict", files=[("files", (f"{i}.png", tiny, "image/png"))
+                                                               for i in range(MAX_FILES + 1)], timeout=30),
+            400, "Too many files"),
+        "a form without files": (
+            lambda: httpx.post(f"{server.url}/predict", files={"note": (None, "a text field")}, timeout=30), 400,
+            "no file"),
+        "wrong content type": (lambda: _post_image(server, photo, "text/plain"), 415, "text/plain"),
+        "json body": (lambda: httpx.post(f"{server.url}/predict", json={"image": "x"}, timeout=30), 415,
+                      "application/json"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "not an image", "empty body", "truncated png", "decompression bomb", "over the size limit",
+    "over the limit, streamed", "blank drawing", "too many files", "a form without files", "wrong content type",
+    "json body",
+])
+def test_a_bad_request_gets_a_json_error_and_the_server_keeps_serving(server, case):
+    send, status, message = _bad_requests(server)[case]
+    answer = send()
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    assert message in answer.json()["detail"]
+    good = _post_image(server, _digits()[0][0].read_bytes())
+    assert good.status_code == 200
+
+
+@pytest.mark.parametrize("path", [
+    "/etc/passwd", "/../pyproject.toml", "/%2e%2e/%2e%2e/pyproject.toml", "/serve_page/index.html",
+    "/cnnlab/serve.py", "/model.tflite", "/static/../config.yaml",
+])
+def test_unknown_paths_are_404_and_never_a_file(server, path):
+    answer = httpx.get(server.url + path)
+    assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}
+
+
+def test_the_page_and_its_assets_come_from_the_package(server):
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="canvas"' in page.text
+    assert "http" not in re.sub(r"<!doctype[^>]*>", "", page.text, flags=re.I)  # no CDN: everything is local
+    assert httpx.get(f"{server.url}/page.js").headers["content-type"].startswith("text/javascript")
+    assert httpx.get(f"{server.url}/page.css").headers["content-type"].startswith("text/css")
+
+
+def test_concurrent_requests_and_a_burst_of_bad_ones(server):
+    """8 clients at once, good and bad requests mixed: every good one gets the answer a lone one gets."""
+    digits = _digits()[::12][:8]
+    alone = {path: _post_image(server, path.read_bytes()).json()["predictions"][0] for path, _ in digits}
+    bad = [b"", b"not an image", _png(Image.new("L", (64, 64), 255))]
+
+    def client(index: int) -> list:
+        results = []
+        with httpx.Client(timeout=30) as http:
+            for step in range(12):
+                if step % 3 == 2:
+                    data = bad[(index + step) % len(bad)]
+                    status = http.post(f"{server.url}/predict", content=data,
+                                       headers={"Content-Type": "image/png"}).status_code
+                    results.append(("bad", status))
+                else:
+                    path = digits[(index + step) % len(digits)][0]
+                    answer = http.post(f"{server.url}/predict", content=path.read_bytes(),
+                                       headers={"Content-Type": "image/png"})
+                    results.append((path, answer.status_code, answer.json()))
+        return results
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = [r for rs in pool.map(client, range(8), timeout=120) for r in rs]
+    assert len(outcomes) == 96
+    for outcome in outcomes:
+        if outcome[0] == "bad":
+            assert outcome[1] in (400, 422)
+        else:
+            path, status, answer = outcome
+            assert status == 200
+            served = answer["predictions"][0]
+            assert served["class"] == alone[path]["class"]
+            assert served["top_k"][0]["probability"] == pytest.approx(alone[path]["top_k"][0]["probability"], abs=1e-6)
+
+
+def test_one_log_line_per_request_and_the_address_printed(server):
+    _post_image(server, b"", "image/png")
+    httpx.get(f"{server.url}/health")
+    log = server.log()
+    assert f"on http://127.0.0.1:{server.port}" in log.splitlines()[0]
+    assert re.search(r"^POST /predict 400 \d+\.\d ms$", log, flags=re.M)
+    assert re.search(r"^GET /health 200 \d+\.\d ms$", log, flags=re.M)
+    assert "Traceback" not in log
+
+
+def test_ready_fast_and_no_tensorflow_in_the_server(served_run, tmp_path):
+    # the server answers /health without TensorFlow: LiteRT only (the speed target is in bench/)
+    probe = Server(served_run, tmp_path / "serve.log")
+    try:
+        pid = probe.process.pid
+        maps = open(f"/proc/{pid}/maps").read()
+        assert "_pywrap_tensorflow" not in maps and "libtensorflow_framework" not in maps
+    finally:
+        assert probe.stop() == 0
+
+
+def test_sigterm_finishes_the_request_in_flight(served_run, tmp_path):
+    probe = Server(served_run, tmp_path / "serve.log")
+    photo = _digits()[0][0].read_bytes()
+    sent_first = threading.Event()
+
+    def slow_body():
+        yield photo[:100]
+        sent_first.set()
+        time.sleep(1.0)  # SIGTERM arrives while the body is still coming
+        yield photo[100:]
+
+    result = {}
+
+    def request():
+        result["answer"] = httpx.post(f"{probe.url}/predict", content=slow_body(),
+                                      headers={"Content-Type": "image/png"}, timeout=30)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    assert sent_first.wait(10)
+    time.sleep(0.3)
+    probe.process.terminate()
+    thread.join(30)
+    assert probe.process.wait(30) == 0
+    assert result["answer"].status_code == 200 and result["answer"].json()["predictions"][0]["class"] >= 0
+    assert "POST /predict 200" in probe.log()
+
+
+def test_serve_errors_are_one_line(served_run, tmp_path, runner):
+    from cnnlab.cli import app
+
+    missing = runner.invoke(app, ["serve", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and missing.stderr.count("\n") == 1 and "no such run directory" in missing.stderr
+    port = free_port()
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        busy = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(served_run), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 2
+    assert f"--port {port}: cannot listen there" in busy.stderr.splitlines()[-1] and "Traceback" not in busy.stderr
+
+
+@pytest.mark.parametrize("args", [["serve", "--help"], ["export", "--help"]])
+def test_the_cli_does_not_import_the_server_or_tensorflow(args):
+    heavy = ("fastapi", "uvicorn", "starlette", "tensorflow", "keras", "PIL", "onnxruntime", "tf2onnx")
+    code = ("import sys; from typer.testing import CliRunner; from cnnlab.cli import app; "
+            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
