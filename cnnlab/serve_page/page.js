@@ -9,13 +9,11 @@ const errorLine = document.getElementById("error");
 const seen = document.getElementById("seen");
 const bars = document.getElementById("bars");
 let drawing = false;
-let inked = false;
 let pending = null; // the latest request; an older answer arriving late is dropped
 
 function clearCanvas() {
   context.fillStyle = "#fff";
   context.fillRect(0, 0, canvas.width, canvas.height);
-  inked = false;
   answer.textContent = "\u2013";
   errorLine.textContent = "";
   seen.removeAttribute("src");
@@ -29,13 +27,12 @@ function point(event) {
 
 canvas.addEventListener("pointerdown", (event) => {
   drawing = true;
-  canvas.setPointerCapture(event.pointerId);
   const [x, y] = point(event);
   context.beginPath();
   context.moveTo(x, y);
   context.lineTo(x, y);
   context.stroke();
-  inked = true;
+  canvas.setPointerCapture(event.pointerId); // the stroke goes on when the pointer leaves the canvas
 });
 canvas.addEventListener("pointermove", (event) => {
   if (!drawing) return;
