@@ -17,12 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +96,16 @@ class LiteModel:
 
 @contextmanager
 def _quiet():
-    """Silence stdout and stderr at the file-descriptor level (C++ logs included)."""
+    """Silence stdout and stderr at the file-descriptor level (C++ logs included), and Python's
+    sys.stdout where it is not file descriptor 1 (a CLI runner's capture), and warnings."""
     saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-        yield
+        with redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. tf2onnx's FutureWarning on np.object: Keras' code, not the user's
+            yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,8 +1,9 @@
-"""The TensorFlow-free model copy and the one-cycle schedule used for speed."""
+"""Exports: the TensorFlow-free model copy, `cnnlab export` (SavedModel, TFLite, ONNX), and the one-cycle schedule."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -132,3 +133,81 @@ def test_one_cycle_schedule_drives_the_optimizer(tmp_path):
     expected = [one_cycle_rate(steps * (e + 1) - 1, steps * 2, 0.005, 0.3) for e in range(2)]
     assert [row["learning_rate"] for row in history] == pytest.approx(expected, rel=1e-5)
     assert result.metrics["test_accuracy"] > 0.85
+
+
+# --- cnnlab export ------------------------------------------------------------------------
+
+def _test_images(run, count=200):
+    raw = load_raw("mnist", str(DATA_DIR), test_only=True)
+    return (raw.x_test[:count] / 255.0).astype("float32").reshape(-1, 28, 28, 1)
+
+
+def _outputs_in_runtime(path, format, x):
+    """The exported model's outputs, loaded as its users load it (not through cnnlab)."""
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+    if format == "saved_model":
+        import tensorflow as tf
+
+        restored = tf.saved_model.load(str(path))
+        return restored.signatures["serving_default"](tf.constant(x))["output_0"].numpy()
+    return LiteModel(path).predict(x)
+
+
+@needs_data
+@pytest.mark.parametrize("format", ["onnx", "saved_model", "tflite"])
+def test_export_writes_a_model_that_matches_keras_in_its_own_runtime(served_run, tmp_path, runner, format):
+    from cnnlab.cli import app
+
+    output = tmp_path / {"onnx": "cnn.onnx", "saved_model": "cnn_saved", "tflite": "cnn.tflite"}[format]
+    result = runner.invoke(app, ["export", str(served_run), "--format", format, "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(rf"wrote {re.escape(str(output))} \({format}\); on 256 test images its outputs differ from "
+                        r"Keras' by at most \S+ \(tolerance 0.0001\)\n", result.stdout)
+    assert output.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    x = _test_images(served_run)
+    expected = keras.saving.load_model(served_run / "best.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(_outputs_in_runtime(output, format, x), expected, atol=TOLERANCE)
+
+
+@needs_data
+def test_export_defaults_into_the_run_and_refuses_to_overwrite(small_run, tmp_path, runner):
+    import shutil
+
+    from cnnlab.cli import app
+
+    run = shutil.copytree(small_run, tmp_path / small_run.name)
+    first = runner.invoke(app, ["export", str(run), "--format", "onnx"])
+    assert first.exit_code == 0, first.output
+    written = run / "export" / "model.onnx"
+    assert str(written) in first.stdout and written.is_file()
+    before = written.stat().st_mtime_ns
+    again = runner.invoke(app, ["export", str(run), "--format", "onnx"])
+    assert again.exit_code == 2 and again.stderr.count("\n") == 1
+    assert f"-o {written}: already exists; pass --force" in again.stderr
+    assert written.stat().st_mtime_ns == before
+    forced = runner.invoke(app, ["export", str(run), "--format", "onnx", "--force"])
+    assert forced.exit_code == 0 and written.stat().st_mtime_ns != before
+    x = _test_images(run)
+    np.testing.assert_allclose(_outputs_in_runtime(written, "onnx", x),
+                               keras.saving.load_model(run / "best.keras").predict(x, verbose=0), atol=TOLERANCE)
+    # the run's own model.tflite (what predict and serve use) is not touched by exports
+    assert (run / "model.tflite").read_bytes() == (small_run / "model.tflite").read_bytes()
+
+
+@needs_data
+def test_export_mistakes_are_one_line(small_run, tmp_path, runner):
+    from cnnlab.cli import app
+
+    unknown = subprocess.run([sys.executable, "-m", "cnnlab", "export", str(small_run), "--format", "torchscript"],
+                             capture_output=True, text=True)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert "'torchscript' is not one of 'saved_model', 'tflite', 'onnx'" in unknown.stderr
+    bare = runner.invoke(app, ["export", str(small_run / "best.keras"), "--format", "onnx"])
+    assert bare.exit_code == 2 and "give -o PATH" in bare.stderr and bare.stderr.count("\n") == 1
+    missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
+    assert missing.exit_code == 2 and "no such run directory" in missing.stderr
+    assert not (tmp_path / "m.onnx").exists()
