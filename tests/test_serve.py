@@ -274,3 +274,30 @@ def test_the_cli_does_not_import_the_server_or_tensorflow(args):
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_fashion_run_answers_with_class_names(tmp_path):
+    from cnnlab.config import validate_config
+    from cnnlab.data import DATASETS
+    from cnnlab.train import train
+
+    from conftest import DATA_DIR, small_dnn
+
+    data = small_dnn(epochs=1)
+    data["data"].update(dataset="fashion_mnist", train_samples=3000, test_samples=500)
+    run = train(validate_config(data, "f"), "f", runs_dir=tmp_path, echo=lambda _: None, quiet=True).run_dir
+    names = list(DATASETS["fashion_mnist"].class_names)
+    from cnnlab.data import load_raw
+
+    raw = load_raw("fashion_mnist", str(DATA_DIR), test_only=True)
+    photo = _png(Image.fromarray(255 - raw.x_test[0]).resize((112, 112)))  # a product photo: dark on white
+    fashion = Server(run, tmp_path / "serve.log")
+    try:
+        assert httpx.get(f"{fashion.url}/model").json()["classes"] == names
+        answer = _post_image(fashion, photo, top_k=10).json()
+        assert answer["preprocess"] == "fashion"
+        top = answer["predictions"][0]["top_k"]
+        assert sorted(entry["name"] for entry in top) == sorted(names)
+        assert answer["predictions"][0]["name"] == names[answer["predictions"][0]["class"]]
+    finally:
+        assert fashion.stop() == 0
