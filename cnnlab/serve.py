@@ -22,7 +22,7 @@ keeps serving: 400 empty body / too many files, 413 a body over `max_upload_byte
 upload that is not an image, truncated, a decompression bomb (Pillow's limit) or blank,
 404 any other path (no route reads a file named by the request). LiteRT's interpreter
 is not thread-safe; `LiteModel` holds a lock around each call, so requests may run in
-parallel threads. One line per request is logged (method, path, status, milliseconds).
+parallel threads (as many as there are cores, the others queue in order). One line per request is logged (method, path, status, milliseconds).
 
 Example:
     app = create_app(load_checkpoint("runs/cnn-20261123-012542", fast=True))
@@ -34,7 +34,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from importlib import resources
@@ -42,9 +44,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
+import anyio
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint
@@ -74,6 +76,10 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
     app = FastAPI(title="cnnlab", version=_version("cnnlab"),
                   description=f"Predictions of {loaded.path} ({loaded.kind}).")
     described = describe_model(loaded)
+    # Preparing an image is CPU work under the GIL: more of them at once than there are cores
+    # only makes each slower. Requests wait their turn in order (the limiter is first come,
+    # first served), so a burst does not leave some of them waiting for seconds.
+    workers = anyio.CapacityLimiter(os.cpu_count() or 1)
 
     @app.get("/health")
     def health() -> dict:
@@ -101,7 +107,8 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         """Predict the class of each uploaded image (multipart files, or one image as the raw body)."""
         images = await _received_images(request, max_files)
         try:
-            predictions = await run_in_threadpool(predict_files, loaded, images, top_k, preprocess)
+            predictions = await anyio.to_thread.run_sync(predict_files, loaded, images, top_k, preprocess,
+                                                         limiter=workers)
         except CnnlabError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
         answers = []
@@ -189,6 +196,7 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 
     if not 0 <= port <= 65535:
         raise CnnlabError(f"--port {port}: must be between 0 and 65535.")
+    _check_address(host, port)  # before loading: uvicorn would log its own lines, then exit
     loaded = load_checkpoint(target, fast=True)
     if not loaded.info.is_image:
         raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data set; "
@@ -211,6 +219,18 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         echo("stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _check_address(host: str, port: int) -> None:
+    """A clear error now for an address this machine cannot listen on (in use, not its own, a privileged port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CnnlabError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose "
+                              "another --port, or a --host that is this machine's address.") from None
 
 
 def _interrupt(signum, frame):

@@ -262,8 +262,10 @@ def test_serve_errors_are_one_line(served_run, tmp_path, runner):
         taken.listen()
         busy = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(served_run), "--port", str(port)],
                               capture_output=True, text=True, timeout=60)
-    assert busy.returncode == 2
-    assert f"--port {port}: cannot listen there" in busy.stderr.splitlines()[-1] and "Traceback" not in busy.stderr
+    assert busy.returncode == 2 and busy.stderr.count("\n") == 1
+    assert busy.stderr.startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)")
+    elsewhere = runner.invoke(app, ["serve", str(served_run), "--host", "192.0.2.1", "--port", str(free_port())])
+    assert elsewhere.exit_code == 2 and "cannot listen there" in elsewhere.stderr  # not this machine's address
 
 
 @pytest.mark.parametrize("args", [["serve", "--help"], ["export", "--help"]])
