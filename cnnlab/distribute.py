@@ -37,7 +37,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from cnnlab import rundir
 from cnnlab.config import Config
 from cnnlab.errors import CnnlabError
 
 PEER_TIMEOUT_ENV = "CNNLAB_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 120.0  # seconds every worker has to come up (TensorFlow itself waits forever)
 _ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
+_CAUSE = re.compile(r"heartbeat|unhealthy|onnect|reset by peer|aborted|Socket closed", re.IGNORECASE)
 _TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
@@ -180,6 +181,8 @@ def _check_port_free(cluster: Cluster) -> None:
     """TensorFlow's gRPC server shares a port with SO_REUSEPORT and fails late; say it now."""
     port = int(cluster.address.rsplit(":", 1)[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # a listener makes the bind fail; the TIME_WAIT connections of a worker that just ended do not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("", port))
         except OSError as exc:
@@ -221,7 +224,8 @@ class Distributed:
 
     def record(self) -> dict:
         """environment.json's `distribute`: strategy, replicas, workers, batches."""
-        return {"strategy": type(self.strategy).__name__, "distribute": self.kind, "replicas": self.replicas,
+        strategy = {"mirrored": "MirroredStrategy", "multi_worker": "MultiWorkerMirroredStrategy"}[self.kind]
+        return {"strategy": f"tf.distribute.{strategy}", "distribute": self.kind, "replicas": self.replicas,
                 "workers": len(self.cluster.tasks) if self.cluster else 1, "global_batch": self.global_batch,
                 "per_replica_batch": self.global_batch / self.replicas, "batch_size_scope": self.batch_size_scope,
                 **({"cluster": [address for _, _, address in self.cluster.tasks]} if self.cluster else {})}
@@ -229,7 +233,8 @@ class Distributed:
     def private_dir(self) -> Path:
         """A non-chief worker's own folder for the files a run writes; deleted by `close`."""
         if self._private is None:
-            self._private = Path(tempfile.mkdtemp(prefix=f"cnnlab-{self.cluster.job}{self.cluster.index}-"))
+            _remove_dead_workers_dirs()
+            self._private = Path(tempfile.mkdtemp(prefix=f"cnnlab-{self.cluster.job}{self.cluster.index}-{os.getpid()}-"))
             atexit.register(self.close)  # also when an error ends the process before training does
         return self._private
 
@@ -245,13 +250,21 @@ class Distributed:
             self._private = None
 
 
+def _remove_dead_workers_dirs() -> None:
+    """The private folders of workers that were killed (SIGKILL leaves no chance to delete them)."""
+    for folder in Path(tempfile.gettempdir()).glob("cnnlab-*-*-*"):
+        match = re.fullmatch(r"cnnlab-(?:chief|worker)\d+-(\d+)-\w+", folder.name)
+        if match and folder.is_dir() and not rundir.process_alive({"pid": int(match[1]), "host": socket.gethostname()}):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def no_distribute_record(cfg: Config) -> dict:
     return {"strategy": "none", "distribute": "none", "replicas": 1, "workers": 1,
             "global_batch": cfg.train.batch_size, "per_replica_batch": cfg.train.batch_size}
 
 
-def check_supported(cfg: Config, source: str) -> None:
-    """What multi_worker cannot do yet, said before anything starts."""
+def check(cfg: Config, source: str) -> None:
+    """What can be told before TensorFlow starts: the cluster, this worker's port, unsupported options."""
     if cfg.train.distribute == "none":
         return
     if cfg.train.loop == "gradient_tape":
@@ -262,6 +275,7 @@ def check_supported(cfg: Config, source: str) -> None:
         if other:
             raise CnnlabError(f"{source}: train.metrics: {other[0]} is not computed by the multi_worker step "
                               "yet (it reports loss and accuracy); remove it or use train.distribute mirrored.")
+        _check_port_free(read_tf_config(os.environ.get("TF_CONFIG")))
 
 
 def start(cfg: Config, source: str, device: str, echo: Callable[[str], None]) -> Distributed | None:
@@ -272,7 +286,7 @@ def start(cfg: Config, source: str, device: str, echo: Callable[[str], None]) ->
     """
     if cfg.train.distribute == "none":
         return None
-    check_supported(cfg, source)
+    check(cfg, source)
     import tensorflow as tf
 
     if cfg.train.distribute == "mirrored":
@@ -287,7 +301,6 @@ def start(cfg: Config, source: str, device: str, echo: Callable[[str], None]) ->
         return dist
 
     cluster = read_tf_config(os.environ.get("TF_CONFIG"))
-    _check_port_free(cluster)
     timeout = peer_timeout()
     others = ", ".join(address for job, index, address in cluster.tasks if (job, index) != (cluster.job, cluster.index))
     echo(f"{cluster.name()} of {len(cluster.tasks)} workers"
@@ -307,25 +320,32 @@ def _global_batch(cfg: Config, replicas: int) -> int:
     return batch * replicas if cfg.train.batch_size_scope == "per_replica" else batch
 
 
+# Sleeps until its stdin closes (the block ended, or this process died) or the time is up; then
+# says why and kills this process.
+_WATCHDOG = """import os, select, signal, sys
+if not select.select([sys.stdin], [], [], float(sys.argv[2]))[0]:
+    sys.stderr.write(sys.argv[3] + "\\n"); sys.stderr.flush(); os.kill(int(sys.argv[1]), signal.SIGKILL)
+"""
+
+
 @contextmanager
 def _deadline(seconds: float, message: str) -> Iterator[None]:
-    """End the process with `message` (exit 2) if the block takes longer than `seconds`.
+    """End this process with `message` on stderr if the block takes longer than `seconds`.
 
-    A worker whose peers never come up waits inside TensorFlow's C++ forever, deaf to
-    SIGTERM (measured: 13 minutes, then SIGKILL); no Python exception can reach it there.
+    A worker whose peers never come up waits inside TensorFlow's C++ code forever, holding
+    Python's lock: no Python thread, signal handler or SIGTERM gets through (measured: 13
+    minutes, then SIGKILL). So a small watchdog process says it and ends this one (SIGKILL:
+    exit status 137, the only way out of that wait).
     """
-    def give_up():
-        sys.stderr.write(f"error: {message}\n")
-        sys.stderr.flush()
-        os._exit(2)
+    import subprocess
 
-    timer = threading.Timer(seconds, give_up)
-    timer.daemon = True
-    timer.start()
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds), f"error: {message}"],
+                                stdin=subprocess.PIPE)
     try:
         yield
     finally:
-        timer.cancel()
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def config_hash(cfg: Config) -> list[float]:
@@ -360,7 +380,7 @@ LOST = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledE
 
 
 def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_epoch: int, dist: Distributed,
-                    augment=None, verbose: int = 2) -> None:
+                    augment=None, verbose: int = 2, run_dir: Path | None = None) -> None:
     """Train compiled `model` for epochs initial_epoch..train.epochs under `dist.strategy`.
 
     Args:
@@ -453,7 +473,7 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
     except tf.errors.OpError as exc:
         if type(exc).__name__ not in LOST:
             raise
-        raise PeerLost(_lost_message(dist, exc, epoch)) from None
+        raise PeerLost(_lost_message(dist, exc, epoch, run_dir)) from None
 
 
 def _validation(eval_step, x, y, batch: int) -> dict:
@@ -464,15 +484,16 @@ def _validation(eval_step, x, y, batch: int) -> dict:
     return {"val_loss": total / len(x), "val_accuracy": correct / len(x)}
 
 
-def _lost_message(dist: Distributed, exc: Exception, epoch: int) -> str:
+def _lost_message(dist: Distributed, exc: Exception, epoch: int, run_dir: Path | None) -> str:
     cluster = dist.cluster
     task = _TASK.search(str(exc))
     who = cluster.name(task[1], int(task[2])) if task and (task[1], int(task[2])) != (cluster.job, cluster.index) else "another worker"
-    resume = ("`cnnlab train --resume RUN` with the same --workers / $TF_CONFIG on every worker (RUN: this run directory)"
+    resume = (f"`cnnlab train --resume {run_dir}` with the same --workers / $TF_CONFIG on every worker"
               if cluster.chief else "`cnnlab train --resume RUN` on every worker (RUN: the chief's run directory)")
-    first = str(exc).strip().splitlines()
+    cause = next((line.strip() for line in str(exc).splitlines() if _CAUSE.search(line)), "")
+    cause = re.sub(r"^.*?(UNAVAILABLE|Unavailable): ", "", cause)[:140]
     return (f"{cluster.name()}: {who} stopped responding during epoch {epoch + 1} "
-            f"({type(exc).__name__}: {first[0][:160] if first else 'collective aborted'}); training stopped, every "
+            f"({type(exc).__name__}{': ' + cause if cause else ''}); training stopped, every "
             f"finished epoch is kept; once all workers can run, continue with {resume}.")
 
 

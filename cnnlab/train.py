@@ -124,9 +124,9 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         progress: shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
     """
     plan = check_model(cfg, str(source))
+    distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
     with _loading(plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
-    distribute.check_supported(cfg, str(source))
     backend = _start_backend(device, quiet)  # a missing GPU fails here, before a run folder exists
     dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
     if dist is not None and not dist.chief:  # only the chief writes the run directory
@@ -324,7 +324,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
             fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
                                    verbose=_verbose(cfg))
         elif dist is not None and dist.kind == "multi_worker":  # Keras' fit fails there: cnnlab's own step
-            distribute.fit_distributed(keras, model, cfg, splits, callbacks, len(history), dist, augment, _verbose(cfg))
+            distribute.fit_distributed(keras, model, cfg, splits, callbacks, len(history), dist, augment,
+                                       _verbose(cfg), run_dir)
         else:
             _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment,
                      batch_size=batch_size)
