@@ -214,5 +214,7 @@ def test_a_killed_worker_stops_the_chief_with_a_message_and_resume_completes(tmp
     assert other_rc == 0, other_out
     assert "resuming" in chief_out
     assert rundir.read_json(run / rundir.RUN)["status"] == "completed"
-    assert list((tmp_path / "tmp1").iterdir()) == []  # the killed worker's private folder is gone too
+    # the killed worker's private folder is gone too (TensorFlow's own autograph files of a SIGKILLed
+    # process stay in $TMPDIR, as for any TensorFlow program)
+    assert list((tmp_path / "tmp1").glob("cnnlab-*")) == []
     assert [row["epoch"] for row in rundir.read_json(run / rundir.HISTORY_JSON)["epochs"]] == [1, 2, 3]
