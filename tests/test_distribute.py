@@ -21,7 +21,7 @@ from cnnlab import distribute, rundir
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
 
-from conftest import REPO, needs_data
+from conftest import REPO, SHARED, needs_data
 
 DNN = REPO / "configs" / "dnn.yaml"
 SMALL = ["--set", "data.train_samples=1200", "--set", "data.test_samples=300", "--set", "train.epochs=2",
@@ -159,6 +159,10 @@ def test_two_workers_train_and_only_the_chief_writes_a_run_directory(tmp_path, r
     assert "its run directory has the results" in other_out
     result = runner.invoke(app, ["evaluate", str(run)])
     assert result.exit_code == 0 and "accuracy" in result.output
+    digit = next((SHARED / "digits").rglob("*.png"), None)
+    if digit is not None:  # a real handwritten digit, when ../shared is there
+        result = runner.invoke(app, ["predict", str(run), str(digit)])
+        assert result.exit_code == 0 and "%" in result.output, result.output
 
 
 @needs_data
