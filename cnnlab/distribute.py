@@ -172,7 +172,7 @@ def read_tf_config(text: str | None) -> Cluster:
     job, index = task.get("type"), task.get("index")
     if not isinstance(index, int) or isinstance(index, bool) or not any((job, index) == t[:2] for t in tasks):
         listed = ", ".join(f"{j} {i}" for j, i, _ in tasks)
-        raise CnnlabError(f"{where}: task {{\"type\": {job!r}, \"index\": {index!r}}} is not in its cluster; "
+        raise CnnlabError(f"{where}: task {json.dumps(task)} is not in its cluster; "
                           f"it has {listed}.")
     return Cluster(tasks, job, index)
 

@@ -113,6 +113,21 @@ def test_mirrored_on_a_cpu_says_one_replica_and_trains_as_before(runner, tmp_pat
     assert rundir.read_json(run / rundir.METRICS)["test_accuracy"] > 0.6
 
 
+@needs_data
+def test_mirrored_on_every_gpu_of_the_machine(runner, tmp_path):
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus < 2:
+        pytest.skip(f"needs 2 or more GPUs, this machine has {gpus} (checked on a GPU machine when one is lent)")
+    result = runner.invoke(app, ["train", str(DNN), *SMALL, "--set", "train.distribute=mirrored",
+                                 "--set", "train.batch_size_scope=per_replica", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.iterdir()
+    record = rundir.read_json(run / rundir.ENVIRONMENT)["distribute"]
+    assert record["replicas"] == gpus and record["global_batch"] == 64 * gpus
+
+
 def _worker(args: list[str], index: int, ports: list[int], tmp: Path, env: dict | None = None) -> subprocess.Popen:
     """One `cnnlab train` worker; a non-chief's temporary files go to tmp/tmp<index>."""
     (tmp / f"tmp{index}").mkdir(exist_ok=True)
@@ -136,6 +151,7 @@ def _job(args_of, tmp: Path, env: dict | None = None) -> list[tuple[int, str]]:
             p.kill()
 
 
+@pytest.mark.slow
 @needs_data
 def test_two_workers_train_and_only_the_chief_writes_a_run_directory(tmp_path, runner):
     runs = tmp_path / "runs"
@@ -165,6 +181,7 @@ def test_two_workers_train_and_only_the_chief_writes_a_run_directory(tmp_path, r
         assert result.exit_code == 0 and "%" in result.output, result.output
 
 
+@pytest.mark.slow
 @needs_data
 def test_workers_started_with_different_configs_refuse_to_train(tmp_path):
     (chief_rc, chief_out), (other_rc, other_out) = _job(
@@ -186,6 +203,7 @@ def test_a_peer_that_never_comes_up_ends_the_worker_within_its_timeout(tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_killed_worker_stops_the_chief_with_a_message_and_resume_completes(tmp_path):
     runs = tmp_path / "runs"
