@@ -93,10 +93,20 @@ def train(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only the result line(s) and errors: no progress bars, layer table or status.")
     ] = False,
+    workers: Annotated[Optional[str], typer.Option(
+        "--workers", metavar="HOST:PORT,...", help="Train as one of several processes (train.distribute "
+        "multi_worker): every worker's address, the chief first; writes $TF_CONFIG. See docs/SCALING.md.",
+        show_default=False)] = None,
+    worker_index: Annotated[Optional[int], typer.Option(
+        "--worker-index", help="With --workers: this process's place in that list (0: the chief, which writes the "
+        "run directory).", show_default=False)] = None,
 ) -> None:
     """Train a model from CONFIG into runs/<name>-<timestamp>/ and score it on the test split."""
     from cnnlab import train as training
     from cnnlab.config import load_config
+    from cnnlab.distribute import use_workers
+
+    use_workers(workers, worker_index)
 
     ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # started so: it stays ignored
     previous = None if ignored else signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -110,7 +120,8 @@ def train(
         else:
             if config is None:
                 raise CnnlabError("missing CONFIG: give a YAML file, e.g. `cnnlab train configs/cnn.yaml`.")
-            cfg = load_config(config, overrides or [])
+            multi = ["train.distribute=multi_worker"] if workers is not None else []  # --set may still say it
+            cfg = load_config(config, multi + (overrides or []))
             result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo, quiet=quiet,
                                     progress=None if quiet else _progress)
     finally:

@@ -490,6 +490,13 @@ class TrainSection(_Section):
     # A run directory (its best.keras) or a .keras/.h5 file to take the starting weights from,
     # layer by layer in order (shapes must match); null: Keras' initializers. Like LightningCLI's ckpt_path.
     init_from: str | None = None
+    # tf.distribute (cnnlab.distribute, docs/SCALING.md). none: one process, one device. mirrored: every
+    # GPU of this machine (MirroredStrategy). multi_worker: several processes/machines (TF_CONFIG or
+    # `--workers`), trained by cnnlab's strategy-aware step (Keras' fit fails under that strategy).
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    # what batch_size counts under distribute: global (one step's batch over all replicas: the same
+    # training as one process) or per_replica (each replica's batch: the global batch grows with them)
+    batch_size_scope: Literal["global", "per_replica"] = "global"
 
 
 class Config(_Section):

@@ -4,7 +4,8 @@
       config.yaml        the resolved config (every default filled in)
       run.json           status, times, epochs done, where it started from (init_from),
                          the training process (pid, host) and the error of a failed run
-      environment.json   Python, TensorFlow, Keras versions; the device trained on
+      environment.json   Python, TensorFlow, Keras versions; the device trained on; `distribute`:
+                         the tf.distribute strategy, replicas, workers, global batch (docs/SCALING.md)
       data.json          the data: classes (names), image size and colour, scale, sample counts,
                          how predict prepares a picture, the test images of a user's data set
       summary.txt        Keras' layer table with output shapes and parameter counts

@@ -45,7 +45,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from cnnlab import rundir
+from cnnlab import distribute, rundir
 from cnnlab.compile import compile_model, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_yaml_mapping, validate_config
 from cnnlab.data import ImageData, Splits, data_record, load, prepare
@@ -124,9 +124,13 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         progress: shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
     """
     plan = check_model(cfg, str(source))
+    distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
     with _loading(plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
     backend = _start_backend(device, quiet)  # a missing GPU fails here, before a run folder exists
+    dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
+    if dist is not None and not dist.chief:  # only the chief writes the run directory
+        runs_dir, quiet = dist.private_dir(), True
     start = _starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
     run_dir = rundir.create_run_dir(runs_dir, cfg.name)
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
@@ -136,7 +140,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
     })
     _info(echo, quiet)(f"run directory: {run_dir}")
-    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start)
+    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start, dist=dist)
 
 
 def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overrides: list[str] | tuple = (),
@@ -200,6 +204,10 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     with _loading(plan, quiet):
         data = load(cfg.data, plan.data, progress, where=str(config_path))
     backend = _start_backend(device, quiet)
+    dist = distribute.start(cfg, str(config_path), device, _info(echo, quiet))
+    if dist is not None and not dist.chief:  # it resumes a private copy: only the chief writes the run
+        run, quiet = rundir.open_run(dist.private_copy(run.path)), True
+        config_path = run.path / rundir.CONFIG
     rundir.remove_temporaries(run.path)
     say = _info(echo, quiet)
     if extend:
@@ -214,7 +222,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     info.update(status="running", resumed=_now(), epochs_planned=cfg.train.epochs, **rundir.this_process())
     rundir.write_json(run.path / rundir.RUN, info)
     say(f"resuming {run.path} after epoch {len(history)}" + (f", now for {cfg.train.epochs} epochs" if extend else ""))
-    return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet)
+    return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet, dist=dist)
 
 
 def _loading(plan: ModelPlan, quiet: bool):
@@ -234,7 +242,8 @@ def _start_backend(device: str, quiet: bool):
 
 
 def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
-         history: list[dict], quiet: bool = False, start: StartingWeights | None = None) -> TrainResult:
+         history: list[dict], quiet: bool = False, start: StartingWeights | None = None,
+         dist: distribute.Distributed | None = None) -> TrainResult:
     """Train and score in `run_dir`; every way this can end is written to run.json's status."""
     keras, _ = backend
     rows = list(history)  # the finished epochs; the recorder appends to this very list
@@ -242,7 +251,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     if quiet:  # Keras' progress bars and messages go to absl logging, which shows only warnings
         keras.config.disable_interactive_logging()
     try:
-        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start)
+        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist)
     except KeyboardInterrupt:
         return _interrupted(cfg, run_dir, rows, echo)
     except Diverged:
@@ -255,22 +264,30 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     finally:
         if interactive:
             keras.config.enable_interactive_logging()
+        if dist is not None:
+            dist.close()  # a non-chief worker's private folder
 
 
 def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
-                     rows: list[dict], quiet: bool, start: StartingWeights | None) -> TrainResult:
+                     rows: list[dict], quiet: bool, start: StartingWeights | None,
+                     dist: distribute.Distributed | None = None) -> TrainResult:
     keras, device_name = backend
     say = _info(echo, quiet)
     history = list(rows)
-    rundir.write_json(run_dir / rundir.ENVIRONMENT, environment(keras, device_name))
+    rundir.write_json(run_dir / rundir.ENVIRONMENT, {
+        **environment(keras, device_name),
+        "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)})
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), data)
     record = data_record(data, splits, cfg.data)
     rundir.write_json(run_dir / rundir.DATA, record)
     say(describe_data(record))
-    steps_per_epoch = -(-len(splits.x_train) // cfg.train.batch_size)
+    batch_size = dist.global_batch if dist is not None else cfg.train.batch_size
+    steps_per_epoch = -(-len(splits.x_train) // batch_size)
+    mirrored = distribute.scope_of(dist)  # models and optimizers made in it have a copy on every replica
     if history:
-        model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
+        with mirrored:
+            model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
         done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps_per_epoch
         if done < len(history):  # killed between the history write and the state's rename
             say(f"the saved state is from epoch {done}: epoch {done + 1} is trained again")
@@ -278,11 +295,12 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
             rows[:] = history
             keras.utils.set_random_seed(cfg.seed + done)
     else:
-        model = build_model(cfg, plan.input_shape)
-        if start is not None:
-            start.apply(model)
-            say(f"starting from the weights of {start.path}")
-        compile_model(keras, model, cfg, steps_per_epoch)
+        with mirrored:
+            model = build_model(cfg, plan.input_shape)
+            if start is not None:
+                start.apply(model)
+                say(f"starting from the weights of {start.path}")
+            compile_model(keras, model, cfg, steps_per_epoch)
     summary = summary_text(model)
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     say(summary)
@@ -305,10 +323,17 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
 
             fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
                                    verbose=_verbose(cfg))
+        elif dist is not None and dist.kind == "multi_worker":  # Keras' fit fails there: cnnlab's own step
+            distribute.fit_distributed(keras, model, cfg, splits, callbacks, len(history), dist, augment,
+                                       _verbose(cfg), run_dir)
         else:
-            _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment)
+            _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment,
+                     batch_size=batch_size)
         stop.check()  # a Ctrl-C after the last batch still counts
     seconds = time.perf_counter() - started
+    if dist is not None and not dist.chief:  # the chief scores, plots and exports; this copy is deleted
+        echo(f"{dist.cluster.name()}: trained {len(rows)} epoch(s) with the chief; its run directory has the results")
+        return TrainResult(run_dir, "completed", {})
     if rows:
         ck = cfg.train.checkpoint
         plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
@@ -518,11 +543,12 @@ def _shapes(value) -> str:
 
 
 def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int,
-             augment=None) -> None:
+             augment=None, batch_size: int | None = None) -> None:
     common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
                   callbacks=callbacks, verbose=_verbose(cfg))
     batches, steps = epoch_batches(
-        splits.x_train, splits.y_train, cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs, augment
+        splits.x_train, splits.y_train, batch_size or cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs,
+        augment
     )
     model.fit(batches, steps_per_epoch=steps, shuffle=False, **common)
 
