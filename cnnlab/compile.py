@@ -28,8 +28,11 @@ from cnnlab.config import Config, CosineSchedule, ExponentialSchedule, Loss, Ste
 def compile_model(keras, model, cfg: Config, steps_per_epoch: int) -> None:
     """Compile `model` with the optimizer, loss and metrics of `cfg`."""
     one_hot = cfg.one_hot_labels()
+    optimizer = make_optimizer(keras, cfg, steps_per_epoch)
+    if cfg.train.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=make_optimizer(keras, cfg, steps_per_epoch),
+        optimizer=optimizer,
         loss=make_loss(keras, cfg.train.loss, one_hot),
         metrics=make_metrics(keras, cfg.train.metrics, one_hot),
     )

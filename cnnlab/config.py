@@ -490,6 +490,10 @@ class TrainSection(_Section):
     # A run directory (its best.keras) or a .keras/.h5 file to take the starting weights from,
     # layer by layer in order (shapes must match); null: Keras' initializers. Like LightningCLI's ckpt_path.
     init_from: str | None = None
+    # Keras' dtype policy for the layers: mixed_* computes in 16 bits, keeps float32 weights, and the
+    # output layer stays float32. mixed_bfloat16 for CPUs with AVX512_BF16/AMX and recent GPUs,
+    # mixed_float16 for GPUs (on a CPU it is refused: slower there than float32).
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
 class Config(_Section):

@@ -25,16 +25,18 @@ TFLITE = "model.tflite"
 TOLERANCE = 1e-4  # largest difference from Keras' probabilities that we accept
 
 
-def export_tflite(model, path: Path, sample: np.ndarray) -> float:
+def export_tflite(model, path: Path, sample: np.ndarray, expected: np.ndarray | None = None) -> float:
     """Write `model` as TFLite at `path` if it agrees with Keras on `sample`.
 
     Returns the largest absolute difference in probabilities. A model that does not
     convert, or converts with a larger difference than `TOLERANCE`, is not written
     (prediction then falls back to Keras); the exception or the difference says why.
+    `expected`: Keras' outputs on `sample` when the caller has them (else predicted here).
     """
     import tensorflow as tf
 
-    expected = model.predict(sample, verbose=0)
+    if expected is None:
+        expected = model.predict(sample, verbose=0)
     with _quiet(), atomic_path(path, suffix=".tflite") as tmp:  # the converter prints pages of details
         tmp.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
         diff = float(np.abs(LiteModel(tmp).predict(sample) - expected).max())
