@@ -229,27 +229,27 @@ def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progr
         with step(f"loading {plan.data.source if own else plan.data.name}", quiet, spinner=not own):
             data = load(cfg.data, plan.data, progress, where=where)
         backend = _start_backend(device, quiet)
-        _check_precision(cfg, backend, where)
-        return data, backend
-    loaded: dict = {}
+    else:
+        loaded: dict = {}
 
-    def read() -> None:
+        def read() -> None:
+            try:
+                loaded["data"] = load(cfg.data, plan.data, progress, where=where)
+            except BaseException as exc:  # raised in the main thread, below
+                loaded["error"] = exc
+
+        with step(f"loading {plan.data.name}", quiet, spinner=False):
+            reader = threading.Thread(target=read, name="cnnlab-load", daemon=True)
+            reader.start()
         try:
-            loaded["data"] = load(cfg.data, plan.data, progress, where=where)
-        except BaseException as exc:  # raised in the main thread, below
-            loaded["error"] = exc
-
-    with step(f"loading {plan.data.name}", quiet, spinner=False):
-        reader = threading.Thread(target=read, name="cnnlab-load", daemon=True)
-        reader.start()
-    try:
-        backend = _start_backend(device, quiet)
-    finally:
-        reader.join()
-    if "error" in loaded:
-        raise loaded["error"]
+            backend = _start_backend(device, quiet)
+        finally:
+            reader.join()
+        if "error" in loaded:
+            raise loaded["error"]
+        data = loaded["data"]
     _check_precision(cfg, backend, where)
-    return loaded["data"], backend
+    return data, backend
 
 
 def _check_precision(cfg: Config, backend, where: str) -> None:
@@ -765,6 +765,11 @@ def _recorder_class(keras):
     class RunRecorder(keras.callbacks.Callback):
         """After every epoch: history row, best checkpoint, resume state, all atomic."""
 
+        # Its batch hooks only read a flag: Keras may call them from its worker thread, so
+        # that `fit` need not wait for every step's logs (a stop request raised there reaches
+        # the training loop at the next batch, as Keras re-raises it from the future).
+        async_safe = True
+
         def __init__(self, cfg: Config, run_dir: Path, rows: list[dict], stop: StopRequest, say: Echo = print,
                      guard=None):
             super().__init__()
@@ -839,6 +844,7 @@ def _divergence_guard(keras):
     class DivergenceGuard(keras.callbacks.TerminateOnNaN):
         diverged: dict | None = None
         first: float | None = None
+        async_safe = True  # it reads the loss and sets stop_training: a step or two later is as good
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
