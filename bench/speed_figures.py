@@ -81,11 +81,11 @@ def _time_to_99(bench, results: dict) -> None:
         if mine["params"] is not None and mine["params"] != same["params"]:
             raise BenchError(f"{FAST_CONFIG} has {mine['params']:,} parameters, the script's same recipe "
                              f"{same['params']:,}: bench/plain_keras_time_to_99.py no longer matches the config")
-        material = records["material"][-1]["reached_seconds"] if records["material"] else None
+        material = _s(records["material"][-1]["reached_seconds"]) if records["material"] else "skipped (--quick)"
         bench.say(f"[{rep + 1}/{bench.args.repeat}] import tensorflow {records['import'][-1]['wall_seconds']:.1f} s; "
                   f"cnnlab {mine['wall_seconds']:.1f} s (accuracy {accuracy:.4f}, printed at "
                   f"{_s(mine['reported_seconds'])}), peak {mine['peak_mb']:.0f} MB; plain Keras to 99%: material "
-                  f"{_s(material)}, same recipe {_s(same['reached_seconds'])}, peak {same['peak_mb']:.0f} MB")
+                  f"{material}, same recipe {_s(same['reached_seconds'])}, peak {same['peak_mb']:.0f} MB")
 
 
 def _params(run) -> int | None:

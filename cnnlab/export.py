@@ -35,6 +35,10 @@ def export_tflite(model, path: Path, sample: np.ndarray, expected: np.ndarray | 
     """
     import tensorflow as tf
 
+    if any(layer.compute_dtype != "float32" for layer in model.layers):
+        # mixed precision (train.precision): TFLite has no bfloat16 convolutions, so the file is
+        # the same weights computing in float32, checked against that float32 model
+        model, expected = float32_copy(model), None
     if expected is None:
         expected = model.predict(sample, verbose=0)
     with _quiet(), atomic_path(path, suffix=".tflite") as tmp:  # the converter prints pages of details
@@ -43,6 +47,16 @@ def export_tflite(model, path: Path, sample: np.ndarray, expected: np.ndarray | 
         if diff > TOLERANCE:
             raise ValueError(f"TFLite probabilities differ from Keras' by {diff:.2e} (> {TOLERANCE})")
     return diff
+
+
+def float32_copy(model):
+    """`model` with every layer computing in float32 (a mixed-precision model's float32 twin), same weights."""
+    import keras
+
+    copy = keras.models.clone_model(
+        model, clone_function=lambda layer: type(layer).from_config({**layer.get_config(), "dtype": "float32"}))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 class LiteModel:

@@ -70,6 +70,8 @@ def test_a_mixed_bfloat16_run_is_recorded_and_its_checkpoint_evaluates(tmp_path)
     assert json.loads((run / "environment.json").read_text())["precision"] == "mixed_bfloat16"
     assert "precision: mixed_bfloat16" in (run / "config.yaml").read_text()
     assert result.metrics["test_accuracy"] > 0.8
+    # TFLite has no bfloat16 convolutions: the file is the float32 twin, and predict uses it
+    assert result.metrics["tflite"] == "model.tflite" and result.metrics["tflite_max_abs_diff"] < 1e-4
     # the checkpoint keeps its policies, and scores as training said
     again = evaluate(run, out=tmp_path / "evaluation")
     assert again.samples == 2000
