@@ -47,7 +47,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cnnlab import rundir
-from cnnlab.compile import compile_model, monitor_mode, schedule_callbacks
+from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_yaml_mapping, validate_config
 from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
 from cnnlab.data.cache import Progress
@@ -873,13 +873,14 @@ def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: t
     """Test loss, accuracy (overall and per class) of the best checkpoint as saved on disk.
 
     Returns the metrics, that model and its outputs on the test samples. One `predict` pass:
-    the loss is Keras' `compute_loss` of those outputs (the compiled loss and the layers'
-    penalties, as `evaluate` computes it), which saves `evaluate`'s own trace and pass (~0.5 s).
+    the loss is the config's Keras loss of those outputs plus the layers' penalties, as
+    `evaluate` computes it; that saves `evaluate`'s own trace and pass (~0.5 s), and loading
+    without compiling leaves the optimizer's state (2x the weights) on disk.
     """
     best = run_dir / rundir.BEST
-    model = keras.saving.load_model(best, compile=True)
+    model = keras.saving.load_model(best, compile=False)
     probs = model.predict(ordered_batches(splits.x_test, None, eval_batch(cfg)), verbose=0)
-    loss = model.compute_loss(y=splits.y_test, y_pred=probs, training=False)
+    loss = make_loss(keras, cfg.train.loss, cfg.one_hot_labels())(splits.y_test, probs) + sum(model.losses, 0.0)
     right = class_predictions(probs, logits=cfg.train.loss.from_logits) == splits.labels_test
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
