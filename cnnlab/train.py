@@ -872,15 +872,18 @@ def _csv_value(value) -> str:
 def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: tuple[str, ...]):
     """Test loss, accuracy (overall and per class) of the best checkpoint as saved on disk.
 
-    Returns the metrics, that model and its outputs on the test samples. One `predict` pass:
-    the loss is the config's Keras loss of those outputs plus the layers' penalties, as
-    `evaluate` computes it; that saves `evaluate`'s own trace and pass (~0.5 s), and loading
-    without compiling leaves the optimizer's state (2x the weights) on disk.
+    Returns the metrics, that model and its outputs on the test samples. The loss is
+    `evaluate`'s: a softmax's output tensor carries its logits, and Keras' losses compute from
+    those, which `predict`'s probabilities cannot (binary_crossentropy on a 2-unit softmax, as
+    the XOR MLP has, differs several-fold). Loaded without compiling, so the optimizer's state
+    (twice the weights) stays on disk; compiled with the loss only.
     """
     best = run_dir / rundir.BEST
     model = keras.saving.load_model(best, compile=False)
-    probs = model.predict(ordered_batches(splits.x_test, None, eval_batch(cfg)), verbose=0)
-    loss = make_loss(keras, cfg.train.loss, cfg.one_hot_labels())(splits.y_test, probs) + sum(model.losses, 0.0)
+    model.compile(loss=make_loss(keras, cfg.train.loss, cfg.one_hot_labels()))
+    batch = eval_batch(cfg)
+    loss = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0)
+    probs = model.predict(ordered_batches(splits.x_test, None, batch), verbose=0)
     right = class_predictions(probs, logits=cfg.train.loss.from_logits) == splits.labels_test
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
