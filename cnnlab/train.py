@@ -373,6 +373,10 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         say("per class: " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items()))
     if rows:
         plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+    # The trained model and its optimizer state (3x the weights) are done with: freed now, their
+    # memory is reused by the converter instead of adding to the run's peak.
+    del model, recorder, guard, callbacks
+    gc.collect()
     with step("exporting model.tflite for predict", quiet):
         metrics.update(_export_for_predict(best_model, run_dir, splits, probs, say))
     if diverged is not None:
