@@ -224,6 +224,8 @@ def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progr
     adding to the wall time. A user's folder (which draws its own progress bar) or a set that
     has to be downloaded first loads before, as a step of its own: a bad one fails at once.
     """
+    if device == "cpu":  # known before TensorFlow starts
+        _check_precision(cfg, "CPU", where)
     if plan.data.own_data or not idx_files_present(plan.data, cfg.data.dir):
         own = plan.data.own_data
         with step(f"loading {plan.data.source if own else plan.data.name}", quiet, spinner=not own):
@@ -248,14 +250,13 @@ def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progr
         if "error" in loaded:
             raise loaded["error"]
         data = loaded["data"]
-    _check_precision(cfg, backend, where)
+    _check_precision(cfg, backend[1], where)
     return data, backend
 
 
-def _check_precision(cfg: Config, backend, where: str) -> None:
+def _check_precision(cfg: Config, device_name: str, where: str) -> None:
     """train.precision on this device: mixed_float16 on a CPU is refused (it is slower there than float32)."""
-    precision = cfg.train.precision
-    if precision == "mixed_float16" and not backend[1].startswith("GPU"):
+    if cfg.train.precision == "mixed_float16" and not device_name.startswith("GPU"):
         raise CnnlabError(
             f"{where}: train.precision: mixed_float16 on a CPU is slower than float32 (CPUs have no fast "
             "float16 arithmetic; it is for GPUs); use mixed_bfloat16 (fast on CPUs with AVX512_BF16 or AMX) "

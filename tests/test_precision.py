@@ -60,6 +60,14 @@ def test_mixed_float16_on_a_cpu_is_refused_before_any_run_folder(runner, write_c
     assert "slower" in line and "mixed_bfloat16" in line and "float32" in line
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+    # with --device cpu it is known before anything loads or starts
+    assert "starting TensorFlow" not in result.stderr
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):  # --device auto on a machine without a GPU: refused too
+        auto = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs")])
+        assert auto.exit_code == 2 and "train.precision: mixed_float16" in auto.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "runs").exists()
 
 
 @needs_data
