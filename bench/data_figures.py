@@ -30,6 +30,8 @@ from harness import (
     run_measured,
 )
 
+TITLE = "own data: folder loading, memory, augmentation"  # its section in the report
+
 LOAD_IMAGES = 10_000
 MEMORY_SIZES = (10_000, 40_000)
 TRAIN_TIMEOUT = 1800

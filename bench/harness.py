@@ -159,6 +159,11 @@ class Row:
         return [self.figure, *values, self.target, verdict]
 
 
+def median_meets(values: list[float], ok) -> bool | None:
+    """Whether the median of `values` meets the target `ok` (None: nothing measured)."""
+    return None if not values else bool(ok(statistics.median(values)))
+
+
 def table(rows: list[Row], judge: bool = True) -> str:
     lines = ["| figure | median | min | max | target | |", "|---|---:|---:|---:|---|---|"]
     lines += ["| " + " | ".join(row.cells(judge)) + " |" for row in rows]

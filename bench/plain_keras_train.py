@@ -36,6 +36,21 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.started)
 
 
+def cnn_model():
+    """The material's "CNN + dropout" (configs/cnn.yaml's model)."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2, strides=2),
+        keras.layers.Conv2D(64, 2, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2, strides=2),
+        keras.layers.Dropout(0.25),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1000, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=12000, help="first N MNIST training images (before the split)")
@@ -51,17 +66,7 @@ def main() -> None:
     y = raw.y_train[: args.samples]
 
     keras.utils.set_random_seed(args.seed)
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(32, 5, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2, strides=2),
-        keras.layers.Conv2D(64, 2, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2, strides=2),
-        keras.layers.Dropout(0.25),
-        keras.layers.Flatten(),
-        keras.layers.Dense(1000, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = cnn_model()
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata as md
 import json
 import math
@@ -42,6 +43,7 @@ from pathlib import Path
 import data_figures
 import scale_figures
 import serve_figures
+import speed_figures
 from harness import (
     BENCH, ROOT, SHARED, BenchError, Process, Row, only_run_dir, read_json, result_line, run_measured, table,
 )
@@ -53,6 +55,9 @@ TORCH_VENV_PYTHON = BENCH / ".torchvenv" / "bin" / "python"  # where `make bench
 NOTES_MARKER = "<!-- Notes below this line are kept when `make bench` rewrites this file. -->"
 TRAIN_TIMEOUT = 1800  # seconds for one training command; a hung run fails instead of blocking the bench
 SHORT_TIMEOUT = 300  # seconds for predict and --help
+CORE_SECTIONS = ("help", "throughput", "time_to_accuracy", "predict")  # measured here, by Bench
+# each later group of figures: its own module with TITLE, measure(bench) and rows(results)
+FIGURE_MODULES = {"own_data": data_figures, "speed": speed_figures, "serve": serve_figures, "scale": scale_figures}
 
 
 class Bench:
@@ -345,7 +350,7 @@ def rows_of(results: dict) -> list[Row]:
     if fast:
         rows.append(Row(f"peak memory, `cnnlab train {fast['config']}`", [r["peak_mb"] for r in fast["runs"]],
                         "{:.0f} MB"))
-    return rows + data_figures.rows(results) + serve_figures.rows(results) + scale_figures.rows(results)
+    return rows + [row for module in FIGURE_MODULES.values() for row in module.rows(results)]
 
 
 def plural(count: int, noun: str) -> str:
@@ -477,8 +482,7 @@ def main() -> int:
     parser.add_argument("--image", help="the image to predict (default: a digit photo from ../shared/digits)")
     parser.add_argument("--torch-python", help="a Python with torch for the PyTorch reference "
                                                "(default: bench/.torchvenv, else this Python, else skipped)")
-    parser.add_argument("--only", nargs="+",
-                        choices=["help", "throughput", "time_to_accuracy", "predict", "own_data", "serve", "scale"],
+    parser.add_argument("--only", nargs="+", choices=[*CORE_SECTIONS, *FIGURE_MODULES],
                         help="run only these measurements")
     parser.add_argument("--output", type=Path, help="the report (default bench/RESULTS.md; quick: RESULTS-quick.md)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary runs and logs")
@@ -512,10 +516,9 @@ def main() -> int:
           flush=True)
     sections = {"help": ("cnnlab --help", bench.help), "throughput": ("training throughput", bench.throughput),
                 "time_to_accuracy": ("time to accuracy", bench.time_to_accuracy),
-                "predict": ("predict one image", bench.predict),
-                "own_data": ("own data: folder loading, memory, augmentation", lambda: data_figures.measure(bench)),
-                "serve": ("serving over loopback", lambda: serve_figures.measure(bench)),
-                "scale": ("two workers against one process", lambda: scale_figures.measure(bench))}
+                "predict": ("predict one image", bench.predict)}
+    assert list(sections) == list(CORE_SECTIONS)
+    sections |= {key: (module.TITLE, functools.partial(module.measure, bench)) for key, module in FIGURE_MODULES.items()}
     for key, (name, measure) in sections.items():
         if args.only is None or key in args.only:
             bench.section(name, measure)

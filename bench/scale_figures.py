@@ -17,6 +17,8 @@ import subprocess
 
 from harness import ROOT, BenchError, Row, only_run_dir, read_json, run_measured
 
+TITLE = "two workers against one process"  # its section in the report
+
 TRAIN_TIMEOUT = 1800
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from harness import ROOT, BenchError, Row, only_run_dir
 
+TITLE = "serving over loopback"  # its section in the report
+
 CONCURRENCY = (1, 8)
 REQUESTS = {1: 200, 8: 400}  # per server and concurrency; --quick: a fifth
 WARMUP = 10  # untimed requests first: Keras traces its predict function on the first call

@@ -3,11 +3,11 @@
 From the config's `train` section this module makes
 - the optimizer (`keras.optimizers.SGD/Adam/AdamW/Nadam/Adagrad/RMSprop`, with weight
   decay and gradient clipping), whose learning rate is a constant or a Keras
-  `LearningRateSchedule` (cosine with warm-up, exponential, step);
+  `LearningRateSchedule` (one-cycle, cosine with warm-up, exponential, step);
 - the loss object (`keras.losses.*Crossentropy` with label smoothing / from_logits,
   `MeanSquaredError`, `MeanAbsoluteError`);
 - the metric objects (accuracy, top-k accuracy, precision, recall, AUC, MSE, MAE);
-- the learning-rate callbacks (cnnlab's one-cycle, `keras.callbacks.ReduceLROnPlateau`).
+- the learning-rate callback of reduce_on_plateau (`keras.callbacks.ReduceLROnPlateau`).
 
 A schedule is a function of the optimizer's step counter, which `resume/state.keras`
 saves with the optimizer, so a resumed run continues the schedule where it stopped.
@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.config import Config, CosineSchedule, ExponentialSchedule, Loss, StepSchedule
+from cnnlab.config import Config, CosineSchedule, ExponentialSchedule, Loss, OneCycleSchedule, StepSchedule
 
 
 def compile_model(keras, model, cfg: Config, steps_per_epoch: int) -> None:
     """Compile `model` with the optimizer, loss and metrics of `cfg`."""
     one_hot = cfg.one_hot_labels()
+    optimizer = make_optimizer(keras, cfg, steps_per_epoch)
+    if cfg.train.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=make_optimizer(keras, cfg, steps_per_epoch),
+        optimizer=optimizer,
         loss=make_loss(keras, cfg.train.loss, one_hot),
         metrics=make_metrics(keras, cfg.train.metrics, one_hot),
     )
@@ -59,6 +62,15 @@ def learning_rate(keras, cfg: Config, steps_per_epoch: int):
     base = cfg.train.optimizer.learning_rate
     schedule = cfg.train.lr_schedule
     total = steps_per_epoch * cfg.train.epochs
+    if isinstance(schedule, OneCycleSchedule):
+        # one_cycle_rate as Keras' own CosineDecay (a linear warm-up, then the cosine): computed in
+        # the graph from the step counter. Set from a callback before every batch, it cost an eager
+        # variable write per step; and a Keras class keeps best.keras loadable by plain Keras.
+        top = schedule.max_learning_rate
+        warmup = max(1, int(total * schedule.warmup_fraction))
+        return keras.optimizers.schedules.CosineDecay(
+            top / 25.0, decay_steps=max(1, total - 1 - warmup), alpha=1e-4, warmup_target=top, warmup_steps=warmup,
+        )
     if isinstance(schedule, CosineSchedule):
         warmup = _steps(schedule.warmup_epochs, schedule.warmup_fraction, steps_per_epoch, total) or 0
         decay = _steps(schedule.decay_epochs, schedule.decay_fraction, steps_per_epoch, total) or total - warmup
@@ -76,7 +88,7 @@ def learning_rate(keras, cfg: Config, steps_per_epoch: int):
         return keras.optimizers.schedules.ExponentialDecay(
             base, decay_steps=schedule.every_epochs * steps_per_epoch, decay_rate=schedule.factor, staircase=True,
         )
-    return base  # constant, or changed by a callback (one_cycle, reduce_on_plateau)
+    return base  # constant, or changed by a callback (reduce_on_plateau)
 
 
 def _steps(epochs: float | None, fraction: float | None, steps_per_epoch: int, total: int) -> int | None:
@@ -137,37 +149,19 @@ def schedule_callbacks(keras, cfg: Config, steps_per_epoch: int, history: list[d
     schedule = cfg.train.lr_schedule
     if schedule is None:
         return []
-    if schedule.name == "one_cycle":
-        return [_one_cycle(keras, schedule, steps_per_epoch, cfg.train.epochs)]
     if schedule.name == "reduce_on_plateau":
         return [_reduce_on_plateau(keras, schedule, history, verbose=cfg.train.verbose != 0)]
     return []
 
 
 def one_cycle_rate(step: int, total_steps: int, max_rate: float, warmup_fraction: float) -> float:
-    """The one-cycle learning rate at `step` (0-based) of `total_steps`."""
+    """The one-cycle learning rate at `step` (0-based) of `total_steps` (what `learning_rate` makes Keras compute)."""
     start, end = max_rate / 25.0, max_rate / 1e4
     warmup = max(1, int(total_steps * warmup_fraction))
     if step < warmup:
         return start + (max_rate - start) * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
     return end + (max_rate - end) * 0.5 * (1.0 + np.cos(np.pi * progress))
-
-
-def _one_cycle(keras, schedule, steps_per_epoch: int, epochs: int):
-    """Sets the learning rate before every batch; the step comes from the epoch, so resuming works."""
-
-    class OneCycle(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch, logs=None):
-            step = self.epoch * steps_per_epoch + batch
-            self.model.optimizer.learning_rate = one_cycle_rate(
-                step, steps_per_epoch * epochs, schedule.max_learning_rate, schedule.warmup_fraction
-            )
-
-    return OneCycle()
 
 
 def _reduce_on_plateau(keras, schedule, history: list[dict], verbose: bool):

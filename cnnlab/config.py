@@ -497,6 +497,10 @@ class TrainSection(_Section):
     # what batch_size counts under distribute: global (one step's batch over all replicas: the same
     # training as one process) or per_replica (each replica's batch: the global batch grows with them)
     batch_size_scope: Literal["global", "per_replica"] = "global"
+    # Keras' dtype policy for the layers: mixed_* computes in 16 bits, keeps float32 weights, and the
+    # output layer stays float32. mixed_bfloat16 for CPUs with AVX512_BF16/AMX and recent GPUs,
+    # mixed_float16 for GPUs (on a CPU it is refused: slower there than float32).
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
 class Config(_Section):

@@ -37,22 +37,38 @@ TFLITE = "model.tflite"
 TOLERANCE = 1e-4  # largest difference from Keras' probabilities that we accept
 
 
-def export_tflite(model, path: Path, sample: np.ndarray) -> float:
+def export_tflite(model, path: Path, sample: np.ndarray, expected: np.ndarray | None = None) -> float:
     """Write `model` as TFLite at `path` if it agrees with Keras on `sample`.
 
     Returns the largest absolute difference in probabilities. A model that does not
     convert, or converts with a larger difference than `TOLERANCE`, is not written
     (prediction then falls back to Keras); the exception or the difference says why.
+    `expected`: Keras' outputs on `sample` when the caller has them (else predicted here).
     """
     import tensorflow as tf
 
-    expected = model.predict(sample, verbose=0)
+    if any(layer.compute_dtype != "float32" for layer in model.layers):
+        # mixed precision (train.precision): TFLite has no bfloat16 convolutions, so the file is
+        # the same weights computing in float32, checked against that float32 model
+        model, expected = float32_copy(model), None
+    if expected is None:
+        expected = model.predict(sample, verbose=0)
     with _quiet(), atomic_path(path, suffix=".tflite") as tmp:  # the converter prints pages of details
         tmp.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
         diff = float(np.abs(LiteModel(tmp).predict(sample) - expected).max())
         if diff > TOLERANCE:
             raise ValueError(f"TFLite probabilities differ from Keras' by {diff:.2e} (> {TOLERANCE})")
     return diff
+
+
+def float32_copy(model):
+    """`model` with every layer computing in float32 (a mixed-precision model's float32 twin), same weights."""
+    import keras
+
+    copy = keras.models.clone_model(
+        model, clone_function=lambda layer: type(layer).from_config({**layer.get_config(), "dtype": "float32"}))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 class LiteModel:

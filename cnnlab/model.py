@@ -454,40 +454,41 @@ def build_model(cfg: Config, input_shape: tuple[int, ...]):
     import keras
 
     layers = [keras.Input(shape=input_shape)]
-    for layer in cfg.model.layers:
-        built = _keras_layer(keras, layer)
-        if built is not None:
-            layers.append(built)
+    own = [layer for layer in cfg.model.layers if layer.type != "input"]
+    for i, layer in enumerate(own):
+        # train.precision: Keras' dtype policy, given to each layer (Keras' global policy would
+        # leak into every later model of the process); the output layer computes in float32, as
+        # Keras' mixed-precision guide says: a 16-bit softmax loses the small probabilities.
+        layers.append(_keras_layer(keras, layer, "float32" if i == len(own) - 1 else cfg.train.precision))
     return keras.Sequential(layers, name=cfg.name.replace("+", "_"))
 
 
-def _keras_layer(keras, layer):
+def _keras_layer(keras, layer, dtype: str = "float32"):
     kind = layer.type
-    if kind == "input":
-        return None
     if kind == "flatten":
-        return keras.layers.Flatten()
+        return keras.layers.Flatten(dtype=dtype)
     if kind == "dense":
         return keras.layers.Dense(
             layer.units, activation=layer.activation, use_bias=layer.use_bias,
-            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer),
+            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer), dtype=dtype,
         )
     if kind == "conv2d":
         return keras.layers.Conv2D(
             layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
             activation=layer.activation, use_bias=layer.use_bias,
-            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer),
+            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer), dtype=dtype,
         )
     if kind == "max_pooling2d":
-        return keras.layers.MaxPooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding)
+        return keras.layers.MaxPooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding, dtype=dtype)
     if kind == "average_pooling2d":
-        return keras.layers.AveragePooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding)
+        return keras.layers.AveragePooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding,
+                                             dtype=dtype)
     if kind == "dropout":
-        return keras.layers.Dropout(layer.rate)
+        return keras.layers.Dropout(layer.rate, dtype=dtype)
     if kind == "batch_normalization":
-        return keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon)
+        return keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon, dtype=dtype)
     if kind == "activation":
-        return keras.layers.Activation(layer.activation)
+        return keras.layers.Activation(layer.activation, dtype=dtype)
     raise AssertionError(f"no Keras layer for {kind!r}")  # the schema and this list disagree
 
 

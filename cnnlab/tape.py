@@ -131,7 +131,9 @@ def _steps(keras, tf, model, sparse: bool):
             if model.losses:  # the layers' kernel_regularizer penalties, as model.fit adds them
                 loss += tf.add_n(model.losses)
         variables = model.trainable_variables
-        model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        # scale_loss: identity, except under mixed_float16's LossScaleOptimizer (which unscales in apply)
+        scaled = model.optimizer.scale_loss(loss)
+        model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return loss, hits(y, z)
 
     @tf.function(reduce_retracing=True)

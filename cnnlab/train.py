@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import os
 import platform
@@ -46,9 +47,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cnnlab import distribute, rundir
-from cnnlab.compile import compile_model, monitor_mode, schedule_callbacks
+from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_yaml_mapping, validate_config
-from cnnlab.data import ImageData, Splits, data_record, load, prepare
+from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
@@ -125,9 +126,8 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     """
     plan = check_model(cfg, str(source))
     distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
-    with _loading(plan, quiet):
-        data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
-    backend = _start_backend(device, quiet)  # a missing GPU fails here, before a run folder exists
+    # a missing GPU or data file fails here, before a run folder exists
+    data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet)
     dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
     if dist is not None and not dist.chief:  # only the chief writes the run directory
         runs_dir, quiet = dist.private_dir(), True
@@ -201,9 +201,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
             f"first epoch finished); train its config again with `cnnlab train {config_path}`."
         )
     plan = check_model(cfg, str(config_path))
-    with _loading(plan, quiet):
-        data = load(cfg.data, plan.data, progress, where=str(config_path))
-    backend = _start_backend(device, quiet)
+    data, backend = _load_and_start(cfg, plan, device, str(config_path), progress, quiet)
     dist = distribute.start(cfg, str(config_path), device, _info(echo, quiet))
     if dist is not None and not dist.chief:  # it resumes a private copy: only the chief writes the run
         run, quiet = rundir.open_run(dist.private_copy(run.path)), True
@@ -225,10 +223,53 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet, dist=dist)
 
 
-def _loading(plan: ModelPlan, quiet: bool):
-    """The status of loading the data; a user's folder draws its own progress bar when it decodes."""
-    own = plan.data.own_data
-    return step(f"loading {plan.data.source if own else plan.data.name}", quiet, spinner=not own)
+def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progress: Progress | None,
+                    quiet: bool) -> tuple[ImageData, tuple]:
+    """Load the data and start TensorFlow: (data, backend); a mistake in either raises here.
+
+    A built-in set whose files are there is read in a thread while TensorFlow imports: its
+    ~0.5 s go to gzip and md5, which release the GIL, so they use the second core instead of
+    adding to the wall time. A user's folder (which draws its own progress bar) or a set that
+    has to be downloaded first loads before, as a step of its own: a bad one fails at once.
+    """
+    if device == "cpu":  # known before TensorFlow starts
+        _check_precision(cfg, "CPU", where)
+    if plan.data.own_data or not idx_files_present(plan.data, cfg.data.dir):
+        own = plan.data.own_data
+        with step(f"loading {plan.data.source if own else plan.data.name}", quiet, spinner=not own):
+            data = load(cfg.data, plan.data, progress, where=where)
+        backend = _start_backend(device, quiet)
+    else:
+        loaded: dict = {}
+
+        def read() -> None:
+            try:
+                loaded["data"] = load(cfg.data, plan.data, progress, where=where)
+            except BaseException as exc:  # raised in the main thread, below
+                loaded["error"] = exc
+
+        with step(f"loading {plan.data.name}", quiet, spinner=False):
+            reader = threading.Thread(target=read, name="cnnlab-load", daemon=True)
+            reader.start()
+        try:
+            backend = _start_backend(device, quiet)
+        finally:
+            reader.join()
+        if "error" in loaded:
+            raise loaded["error"]
+        data = loaded["data"]
+    _check_precision(cfg, backend[1], where)
+    return data, backend
+
+
+def _check_precision(cfg: Config, device_name: str, where: str) -> None:
+    """train.precision on this device: mixed_float16 on a CPU is refused (it is slower there than float32)."""
+    if cfg.train.precision == "mixed_float16" and not device_name.startswith("GPU"):
+        raise CnnlabError(
+            f"{where}: train.precision: mixed_float16 on a CPU is slower than float32 (CPUs have no fast "
+            "float16 arithmetic; it is for GPUs); use mixed_bfloat16 (fast on CPUs with AVX512_BF16 or AMX) "
+            "or float32."
+        )
 
 
 def _info(echo: Echo, quiet: bool) -> Echo:
@@ -275,7 +316,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     say = _info(echo, quiet)
     history = list(rows)
     rundir.write_json(run_dir / rundir.ENVIRONMENT, {
-        **environment(keras, device_name),
+        **environment(keras, device_name), "precision": cfg.train.precision,
         "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)})
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), data)
@@ -334,21 +375,20 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     if dist is not None and not dist.chief:  # the chief scores, plots and exports; this copy is deleted
         echo(f"{dist.cluster.name()}: trained {len(rows)} epoch(s) with the chief; its run directory has the results")
         return TrainResult(run_dir, "completed", {})
-    if rows:
-        ck = cfg.train.checkpoint
-        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+    ck = cfg.train.checkpoint
     diverged = guard.diverged
     if diverged is not None:
         diverged["batches"] = steps_per_epoch
     if diverged is not None and not (run_dir / rundir.BEST).exists():
+        if rows:
+            plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
         _mark(run_dir, status="diverged", stopped=_now(), epochs_completed=len(rows), diverged_at=diverged)
         raise Diverged(_divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
 
+    # The result line comes first, the curves and the TFLite copy (~1 s together) after it.
     with step(f"scoring the best checkpoint on {_count(splits.x_test)} test samples", quiet):
-        metrics, best_model = score_best(keras, run_dir, splits, cfg, plan.data.class_names)
+        metrics, best_model, probs = score_best(keras, run_dir, splits, cfg, plan.data.class_names)
     metrics.update(_training_summary(cfg, rows, seconds, len(splits.x_train)))
-    with step("exporting model.tflite for predict", quiet):
-        metrics.update(_export_for_predict(best_model, run_dir, splits, say))
     echo(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
@@ -356,6 +396,14 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     per_class = metrics["test_accuracy_per_class"]
     if len(per_class) <= 20:
         say("per class: " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items()))
+    if rows:
+        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+    # The trained model and its optimizer state (3x the weights) are done with: freed now, their
+    # memory is reused by the converter instead of adding to the run's peak.
+    del model, recorder, guard, callbacks
+    gc.collect()
+    with step("exporting model.tflite for predict", quiet):
+        metrics.update(_export_for_predict(best_model, run_dir, splits, probs, say))
     if diverged is not None:
         metrics["diverged_at"] = diverged
     rundir.write_json(run_dir / rundir.METRICS, metrics)
@@ -572,8 +620,18 @@ def init_backend(device: str):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # takes effect only before TensorFlow starts
-    with _start_up_lines_hidden(not verbose and "tensorflow" not in sys.modules):
-        import keras
+    first = "tensorflow" not in sys.modules
+    with _start_up_lines_hidden(not verbose and first):
+        if first:  # Python's collector would walk the import's objects hundreds of times: ~0.5 s
+            gc.disable()
+        try:
+            import keras
+        finally:
+            if first:
+                gc.enable()
+                # TensorFlow's modules live as long as the process: kept out of every later
+                # collection (and of the ones at exit, which took ~1 s after training).
+                gc.freeze()
     if not verbose:
         import absl.logging
 
@@ -737,6 +795,11 @@ def _recorder_class(keras):
     class RunRecorder(keras.callbacks.Callback):
         """After every epoch: history row, best checkpoint, resume state, all atomic."""
 
+        # Its batch hooks only read a flag: Keras may call them from its worker thread, so
+        # that `fit` need not wait for every step's logs (a stop request raised there reaches
+        # the training loop at the next batch, as Keras re-raises it from the future).
+        async_safe = True
+
         def __init__(self, cfg: Config, run_dir: Path, rows: list[dict], stop: StopRequest, say: Echo = print,
                      guard=None):
             super().__init__()
@@ -811,6 +874,7 @@ def _divergence_guard(keras):
     class DivergenceGuard(keras.callbacks.TerminateOnNaN):
         diverged: dict | None = None
         first: float | None = None
+        async_safe = True  # it reads the loss and sets stop_training: a step or two later is as good
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
@@ -836,17 +900,25 @@ def _csv_value(value) -> str:
 
 
 def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: tuple[str, ...]):
-    """Test loss, accuracy (overall and per class) of the best checkpoint as saved on disk, and that model."""
+    """Test loss, accuracy (overall and per class) of the best checkpoint as saved on disk.
+
+    Returns the metrics, that model and its outputs on the test samples. The loss is
+    `evaluate`'s: a softmax's output tensor carries its logits, and Keras' losses compute from
+    those, which `predict`'s probabilities cannot (binary_crossentropy on a 2-unit softmax, as
+    the XOR MLP has, differs several-fold). Loaded without compiling, so the optimizer's state
+    (twice the weights) stays on disk; compiled with the loss only.
+    """
     best = run_dir / rundir.BEST
-    model = keras.saving.load_model(best, compile=True)
+    model = keras.saving.load_model(best, compile=False)
+    model.compile(loss=make_loss(keras, cfg.train.loss, cfg.one_hot_labels()))
     batch = eval_batch(cfg)
-    results = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)
+    loss = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0)
     probs = model.predict(ordered_batches(splits.x_test, None, batch), verbose=0)
     right = class_predictions(probs, logits=cfg.train.loss.from_logits) == splits.labels_test
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
-    return {"test_loss": float(results["loss"]), "test_accuracy": float(np.mean(right)),
-            "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, model
+    return {"test_loss": float(loss), "test_accuracy": float(np.mean(right)),
+            "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, model, probs
 
 
 def eval_batch(cfg: Config) -> int:
@@ -867,12 +939,12 @@ def describe_data(record: dict) -> str:
             f"{counts['train']:,} training, {counts['validation']:,} validation, {counts['test']:,} test samples{skipped}")
 
 
-def _export_for_predict(model, run_dir: Path, splits: Splits, echo: Echo) -> dict:
-    """Also write the best model as TFLite, so `cnnlab predict` needs no TensorFlow."""
+def _export_for_predict(model, run_dir: Path, splits: Splits, probs: np.ndarray, echo: Echo) -> dict:
+    """Also write the best model as TFLite, so `cnnlab predict` needs no TensorFlow; `probs`: Keras' test outputs."""
     from cnnlab.export import TFLITE, export_tflite
 
     try:
-        diff = export_tflite(model, run_dir / TFLITE, splits.x_test[:256])
+        diff = export_tflite(model, run_dir / TFLITE, splits.x_test[:256], expected=probs[:256])
     except rundir.DiskFull:
         raise  # not the converter's fault: the run is interrupted, and says so
     except Exception as exc:  # any converter failure only costs predict its fast path

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.compile import learning_rate, make_loss, make_metrics, make_optimizer, monitor_mode
+from cnnlab.compile import learning_rate, make_loss, make_metrics, make_optimizer, monitor_mode, one_cycle_rate
 from cnnlab.config import Loss, validate_config
 
 from conftest import small_dnn
@@ -37,8 +37,18 @@ def test_schedules_turn_epochs_into_steps(schedule, epochs, points):
 
 
 def test_without_a_schedule_callback_schedules_keep_a_plain_rate():
-    for schedule in (None, {"name": "one_cycle", "max_learning_rate": 0.01}, {"name": "reduce_on_plateau"}):
-        assert learning_rate(keras, _cfg(lr_schedule=schedule), STEPS) == 0.001  # callbacks set it as they go
+    for schedule in (None, {"name": "reduce_on_plateau"}):
+        assert learning_rate(keras, _cfg(lr_schedule=schedule), STEPS) == 0.001  # its callback sets it as it goes
+
+
+def test_one_cycle_is_a_keras_schedule_of_the_step_counter():
+    """Computed in the graph (no callback per batch), by a class plain Keras can load from best.keras."""
+    rate = learning_rate(keras, _cfg(lr_schedule={"name": "one_cycle", "max_learning_rate": 0.01}, epochs=2), STEPS)
+    assert type(rate).__module__.startswith("keras.")
+    for step in (0, 30, 59, 60, 61, 120, 199, 200):
+        assert _rate(rate, step) == pytest.approx(one_cycle_rate(step, 2 * STEPS, 0.01, 0.3), rel=1e-5, abs=1e-9), step
+    assert keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(rate)).get_config() == \
+        rate.get_config()
 
 
 @pytest.mark.parametrize("optimizer, cls, options", [

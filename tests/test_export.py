@@ -128,9 +128,9 @@ def test_one_cycle_schedule_drives_the_optimizer(tmp_path):
     data = small_dnn(epochs=2, lr_schedule={"name": "one_cycle", "max_learning_rate": 0.005})
     result = train(validate_config(data, "s"), "s", runs_dir=tmp_path, echo=lambda _: None)
     history = json.loads((result.run_dir / "history.json").read_text())["epochs"]
-    # the learning rate recorded at each epoch's end follows the schedule, not the optimizer's 0.001
+    # the learning rate recorded at each epoch's end (the next step's) follows the schedule, not the optimizer's 0.001
     steps = -(-8000 // 32)
-    expected = [one_cycle_rate(steps * (e + 1) - 1, steps * 2, 0.005, 0.3) for e in range(2)]
+    expected = [one_cycle_rate(steps * (e + 1), steps * 2, 0.005, 0.3) for e in range(2)]
     assert [row["learning_rate"] for row in history] == pytest.approx(expected, rel=1e-5)
     assert result.metrics["test_accuracy"] > 0.85
 

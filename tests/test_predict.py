@@ -40,7 +40,7 @@ def test_real_handwritten_digits_are_read_and_mnist_preprocessing_is_what_does_i
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """configs/mnist_fast.yaml trained as shipped: all 60k images, 2 epochs (under a minute)."""
+    """configs/mnist_fast.yaml trained as shipped: all 60k images, one epoch (under a minute)."""
     if DATA_DIR is None:
         pytest.skip("no data folder (set CNNLAB_DATA_DIR)")
     cfg = load_config(REPO / "configs" / "mnist_fast.yaml", [f"data.dir={DATA_DIR}", "data.download=false"])

@@ -14,7 +14,8 @@ Example:
 """
 
 from cnnlab.data.builtin import (
-    DATA_DIR_ENV, DATASETS, FASHION_CLASSES, OFFLINE_ENV, RawData, load_raw, read_idx, resolve_data_dir,
+    DATA_DIR_ENV, DATASETS, FASHION_CLASSES, OFFLINE_ENV, RawData, idx_files_present, load_raw, read_idx,
+    resolve_data_dir,
 )
 from cnnlab.data.spec import IMAGE_SUFFIXES, DatasetInfo, ImageSpec
 from cnnlab.data.splits import (
@@ -23,7 +24,8 @@ from cnnlab.data.splits import (
 
 __all__ = [
     "DATA_DIR_ENV", "DATASETS", "FASHION_CLASSES", "IMAGE_SUFFIXES", "OFFLINE_ENV", "DatasetInfo", "ImageData",
-    "ImageSpec", "RawData", "Samples", "Splits", "data_record", "describe", "encode_labels", "info_from_record", "load",
+    "ImageSpec", "RawData", "Samples", "Splits", "data_record", "describe", "encode_labels", "idx_files_present",
+    "info_from_record", "load",
     "load_raw", "prepare",
     "read_idx", "resolve_data_dir", "select_test_files",
 ]

@@ -118,6 +118,12 @@ def load_raw(name: str, data_dir: str | None = None, download: bool = True, test
     return RawData(x_train, y_train.astype("int64"), x_test, y_test.astype("int64"))
 
 
+def idx_files_present(info: DatasetInfo, data_dir: str | None = None) -> bool:
+    """Whether every file of built-in set `info` is in the data directory (nothing to download)."""
+    folder = resolve_data_dir(data_dir)[0] / (info.folder or "")
+    return all((folder / file_name).is_file() for file_name, _ in info.md5 or ())
+
+
 def read_idx(path: Path, md5: str | None = None) -> np.ndarray:
     """Read a gzipped IDX file (the MNIST format), checking its md5 when given."""
     try:
