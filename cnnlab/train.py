@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -64,6 +64,23 @@ class TrainResult:
     run_dir: Path
     status: str  # completed | interrupted
     metrics: dict
+
+
+@dataclass
+class Hooks:
+    """What a caller that trains many configs in one process (`cnnlab tune`) changes about a run.
+
+    Args:
+        callbacks: more Keras callbacks for the fit, after cnnlab's own (an epoch's files are
+            written when they see it); tune's pruning is one.
+        data: a dict the caller keeps between runs: the data loaded for one `data:` section is
+            reused by the next run with the same section, instead of being read again.
+        export_tflite: False leaves model.tflite out (predict then runs the checkpoint with Keras).
+    """
+
+    callbacks: list = field(default_factory=list)
+    data: dict | None = None
+    export_tflite: bool = True
 
 
 class Diverged(CnnlabError):
@@ -111,7 +128,8 @@ def step(label: str, quiet: bool = False, spinner: bool = True) -> Iterator[None
 
 
 def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device: str = "auto",
-          echo: Echo = print, quiet: bool = False, progress: Progress | None = None) -> TrainResult:
+          echo: Echo = print, quiet: bool = False, progress: Progress | None = None,
+          hooks: Hooks | None = None) -> TrainResult:
     """Train `cfg` into a new run directory under `runs_dir`.
 
     Args:
@@ -122,10 +140,18 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         echo: prints a line for the user (the final result lines always, the rest unless `quiet`).
         quiet: only the result lines and errors: no status lines, layer table or progress bars.
         progress: shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
+        hooks: what a caller that trains many runs in one process changes (see `Hooks`).
     """
+    hooks = hooks or Hooks()
     plan = check_model(cfg, str(source))
-    with _loading(plan, quiet):
-        data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
+    key = cfg.data.model_dump_json()
+    data = hooks.data.get(key) if hooks.data is not None else None
+    if data is None:
+        with _loading(plan, quiet):
+            data = load(cfg.data, plan.data, progress, where=str(source))  # bad data fails before any output
+        if hooks.data is not None:
+            hooks.data.clear()
+            hooks.data[key] = data
     backend = _start_backend(device, quiet)  # a missing GPU fails here, before a run folder exists
     start = _starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
     run_dir = rundir.create_run_dir(runs_dir, cfg.name)
@@ -136,7 +162,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
     })
     _info(echo, quiet)(f"run directory: {run_dir}")
-    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start)
+    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start, hooks=hooks)
 
 
 def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overrides: list[str] | tuple = (),
@@ -234,7 +260,8 @@ def _start_backend(device: str, quiet: bool):
 
 
 def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
-         history: list[dict], quiet: bool = False, start: StartingWeights | None = None) -> TrainResult:
+         history: list[dict], quiet: bool = False, start: StartingWeights | None = None,
+         hooks: Hooks | None = None) -> TrainResult:
     """Train and score in `run_dir`; every way this can end is written to run.json's status."""
     keras, _ = backend
     rows = list(history)  # the finished epochs; the recorder appends to this very list
@@ -242,7 +269,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     if quiet:  # Keras' progress bars and messages go to absl logging, which shows only warnings
         keras.config.disable_interactive_logging()
     try:
-        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start)
+        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, hooks or Hooks())
     except KeyboardInterrupt:
         return _interrupted(cfg, run_dir, rows, echo)
     except Diverged:
@@ -258,7 +285,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
 
 
 def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
-                     rows: list[dict], quiet: bool, start: StartingWeights | None) -> TrainResult:
+                     rows: list[dict], quiet: bool, start: StartingWeights | None, hooks: Hooks) -> TrainResult:
     keras, device_name = backend
     say = _info(echo, quiet)
     history = list(rows)
@@ -296,6 +323,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    callbacks += hooks.callbacks
     validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg)) if splits.x_val is not None else None
     augment = augmentation(keras, cfg.data.augment, plan.data, cfg.data.scale, plan.input_shape, cfg.seed)
     started = time.perf_counter()
@@ -322,8 +350,9 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     with step(f"scoring the best checkpoint on {_count(splits.x_test)} test samples", quiet):
         metrics, best_model = score_best(keras, run_dir, splits, cfg, plan.data.class_names)
     metrics.update(_training_summary(cfg, rows, seconds, len(splits.x_train)))
-    with step("exporting model.tflite for predict", quiet):
-        metrics.update(_export_for_predict(best_model, run_dir, splits, say))
+    if hooks.export_tflite:
+        with step("exporting model.tflite for predict", quiet):
+            metrics.update(_export_for_predict(best_model, run_dir, splits, say))
     echo(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
