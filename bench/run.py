@@ -40,6 +40,7 @@ from datetime import datetime
 from pathlib import Path
 
 import data_figures
+import tune_figures
 from harness import (
     BENCH, ROOT, SHARED, BenchError, Process, Row, only_run_dir, read_json, result_line, run_measured, table,
 )
@@ -343,7 +344,7 @@ def rows_of(results: dict) -> list[Row]:
     if fast:
         rows.append(Row(f"peak memory, `cnnlab train {fast['config']}`", [r["peak_mb"] for r in fast["runs"]],
                         "{:.0f} MB"))
-    return rows + data_figures.rows(results)
+    return rows + data_figures.rows(results) + tune_figures.rows(results)
 
 
 def plural(count: int, noun: str) -> str:
@@ -475,7 +476,7 @@ def main() -> int:
     parser.add_argument("--image", help="the image to predict (default: a digit photo from ../shared/digits)")
     parser.add_argument("--torch-python", help="a Python with torch for the PyTorch reference "
                                                "(default: bench/.torchvenv, else this Python, else skipped)")
-    parser.add_argument("--only", nargs="+", choices=["help", "throughput", "time_to_accuracy", "predict", "own_data"],
+    parser.add_argument("--only", nargs="+", choices=["help", "throughput", "time_to_accuracy", "predict", "own_data", "tune"],
                         help="run only these measurements")
     parser.add_argument("--output", type=Path, help="the report (default bench/RESULTS.md; quick: RESULTS-quick.md)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary runs and logs")
@@ -510,7 +511,8 @@ def main() -> int:
     sections = {"help": ("cnnlab --help", bench.help), "throughput": ("training throughput", bench.throughput),
                 "time_to_accuracy": ("time to accuracy", bench.time_to_accuracy),
                 "predict": ("predict one image", bench.predict),
-                "own_data": ("own data: folder loading, memory, augmentation", lambda: data_figures.measure(bench))}
+                "own_data": ("own data: folder loading, memory, augmentation", lambda: data_figures.measure(bench)),
+                "tune": ("tuning: per-trial overhead", lambda: tune_figures.measure(bench))}
     for key, (name, measure) in sections.items():
         if args.only is None or key in args.only:
             bench.section(name, measure)

@@ -206,7 +206,7 @@ def open_storage(url: str):
             engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
         else:
             engine = {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        return _rdb_storage(url, engine)
     except Exception as exc:  # SQLAlchemy's many errors (no driver, bad URL, refused, timed out)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if "password" in first.lower() or "@" in first:
@@ -215,6 +215,23 @@ def open_storage(url: str):
             first += "; install the driver: pip install 'cnnlab[postgres]'"
         raise CnnlabError(f"--storage {shown(url)}: cannot open the study database ({first}); check the URL, "
                           "that the server runs and takes connections from this machine.") from None
+
+
+def _rdb_storage(url: str, engine: dict, attempts: int = 5):
+    """Optuna's RDBStorage; several workers starting at once on a new database race to create its
+    tables (one gets a duplicate-key error): the loser tries again, and then finds them made."""
+    import random
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random())
 
 
 def _space_record(search: Search) -> dict:
@@ -284,8 +301,7 @@ def _fail_dead_trials(study, echo: Echo) -> None:
         worker = trial.user_attrs.get("worker") or {}
         if worker.get("host") == socket.gethostname() and worker.get("pid") != os.getpid() \
                 and not rundir.process_alive(worker):
-            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "its process is gone")
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
             echo(f"trial {trial.number}: its process ({worker.get('pid')}) is gone; marked failed")
 
 
@@ -321,13 +337,14 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
     if workers < 1:
         raise CnnlabError(f"--workers {workers}: give 1 or more processes.")
     folder = Path(runs_dir) / name
+    url = storage or default_storage(folder)
+    _quiet_optuna()
+    store = open_storage(url) if storage else None  # a database that cannot be reached: no folder made
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CnnlabError(f"{folder}: cannot create the study folder ({exc.strerror}).") from None
-    url = storage or default_storage(folder)
-    _quiet_optuna()
-    store = open_storage(url)
+    store = store or open_storage(url)
     optuna_study = open_study(search, name, store, url, force_new)
     _fail_dead_trials(optuna_study, echo)
     echo(f"study {name} in {shown(url)}: {search.direction} {search.tune.objective}, "
@@ -484,7 +501,17 @@ def _pruning_callback(keras, trial, objective: str):
 
 
 def _params_text(params: dict) -> str:
-    return " ".join(f"{key.rsplit('.', 1)[-1] if '[' not in key else key}={_fmt(value)}" for key, value in params.items())
+    """`filters=32 ...`: each key by its shortest ending that no other key shares (and not a bare `name`)."""
+    parts = {key: key.split(".") for key in params}
+
+    def short(key: str) -> str:
+        for n in range(1, len(parts[key]) + 1):
+            end = parts[key][-n:]
+            if end != ["name"] and sum(other[-n:] == end for other in parts.values()) == 1:
+                return ".".join(end)
+        return key
+
+    return " ".join(f"{short(key)}={_fmt(value)}" for key, value in params.items())
 
 
 def _fmt(value) -> str:
