@@ -136,6 +136,7 @@ def tune(
     timeout: Annotated[Optional[str], typer.Option(
         help="Start no trial after this long, e.g. 30m, 2h, 600 (default: tune.timeout).", show_default=False)] = None,
     storage: Annotated[Optional[str], typer.Option(
+        envvar="CNNLAB_TUNE_STORAGE", show_envvar=True,
         help="An Optuna storage URL shared by several processes or machines, e.g. "
              "postgresql+psycopg2://user:pass@host/db (default: SQLite in runs/<study>/study.db).",
         show_default=False)] = None,

@@ -61,6 +61,7 @@ STUDY_DB = "study.db"
 TRIALS_CSV = "trials.csv"
 BEST_CONFIG = "best.yaml"
 FIGURES = ("history.png", "intermediate.png", "importances.png", "slice.png", "parallel.png")
+STORAGE_ENV = "CNNLAB_TUNE_STORAGE"  # --storage's default, so a password stays out of argv and shell history
 CONNECT_TIMEOUT = 5  # seconds: an unreachable database server is an error, not a hang
 SPACE_ATTR = "cnnlab_space"  # the study's search space, so a changed config cannot mix into it
 
@@ -371,7 +372,7 @@ def _check_study_name(name: str) -> None:
 
 
 def _start_workers(count: int, config, overrides, trials, timeout, url: str, name: str, runs_dir, device: str):
-    argv = [sys.executable, "-m", "cnnlab", "tune", str(config), "--storage", url, "--study", name,
+    argv = [sys.executable, "-m", "cnnlab", "tune", str(config), "--study", name,
             "--runs-dir", str(runs_dir), "--device", device, "--workers", "1"]
     for override in overrides:
         argv += ["--set", override]
@@ -379,7 +380,8 @@ def _start_workers(count: int, config, overrides, trials, timeout, url: str, nam
         argv += ["--trials", str(trials)]
     if timeout is not None:
         argv += ["--timeout", str(timeout)]
-    return [subprocess.Popen(argv) for _ in range(count)]
+    env = {**os.environ, STORAGE_ENV: url}  # not in argv, where `ps` would show a password
+    return [subprocess.Popen(argv, env=env) for _ in range(count)]
 
 
 def _search(search: Search, study, folder: Path, device: str, echo: Echo) -> str:
@@ -427,9 +429,9 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
     # each trial starts from Keras' clean state; Python's collector frees the old model in its own time
     # (a full collection here costs ~0.3 s a trial)
     keras.backend.clear_session(free_memory=False)
-    pruning = _pruning_callback(keras, trial, tune.objective)
     try:
         cfg = trial_config(search.base, params, search.source, f"trial-{trial.number:03d}")
+        pruning = _pruning_callback(keras, trial, tune.objective, cfg.train.epochs)
         # the data is read once for all trials; no model.tflite (predict runs a trial's best.keras with Keras)
         result = train(cfg, search.source, runs_dir=folder, device=device, echo=lambda line: None, quiet=True,
                        hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False))
@@ -462,7 +464,7 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
     else:
         rundir.update_json(result.run_dir / rundir.RUN, tune=record)
         study.tell(trial, value)
-    echo(_progress_line(study, trial.number, params, value, pruning.pruned_at, search.cfg.train.epochs,
+    echo(_progress_line(study, trial.number, params, value, pruning.pruned_at, cfg.train.epochs,
                         seconds, tune))
     return "pruned" if pruning.pruned_at is not None else "completed"
 
@@ -482,8 +484,9 @@ def _unhashable(choices: list) -> bool:
     return any(not isinstance(choice, (type(None), bool, int, float, str)) for choice in choices)
 
 
-def _pruning_callback(keras, trial, objective: str):
-    """Tells Optuna the objective after every epoch; stops training (at the epoch's end) when it prunes."""
+def _pruning_callback(keras, trial, objective: str, epochs: int):
+    """Tells Optuna the objective after every epoch; stops training (at the epoch's end) when it prunes.
+    After the last epoch there is nothing left to save: the trial is complete, whatever the pruner says."""
 
     class Pruning(keras.callbacks.Callback):
         pruned_at: int | None = None
@@ -493,7 +496,7 @@ def _pruning_callback(keras, trial, objective: str):
             if value is None or not math.isfinite(float(value)):
                 return
             trial.report(float(value), epoch + 1)
-            if trial.should_prune():
+            if epoch + 1 < epochs and trial.should_prune():
                 self.pruned_at = epoch + 1
                 self.model.stop_training = True
 
@@ -609,6 +612,7 @@ def write_figures(study, folder: Path, objective: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as views
+    from matplotlib.ticker import NullFormatter
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -635,8 +639,13 @@ def write_figures(study, folder: Path, objective: str) -> list[str]:
             if name == "intermediate.png":  # Optuna's steps are cnnlab's epochs
                 many[0].set_xlabel("epoch")
                 many[0].set_ylabel(objective)
-            width = 8 if name != "slice.png" else max(8, 3.5 * len(many) + 1.5)  # the colour bar needs room
-            figure.set_size_inches(max(figure.get_size_inches()[0], width), max(figure.get_size_inches()[1], 5))
+            for ax in many:  # a log axis' minor labels (3x10^-4, 4x10^-4, ...) run into each other
+                if ax.get_xscale() == "log":
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+            keys = len(study.best_trial.params)
+            # a panel (slice) or an axis (parallel coordinates) per key, and room for the colour bar
+            width = {"slice.png": 3.5 * keys + 1.5, "parallel.png": 1.6 * keys + 3}.get(name, 8)
+            figure.set_size_inches(max(figure.get_size_inches()[0], width, 8), max(figure.get_size_inches()[1], 5))
             with rundir.atomic_path(folder / name, suffix=".png") as tmp:
                 figure.savefig(tmp, dpi=100, bbox_inches="tight")
             plt.close(figure)

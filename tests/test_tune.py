@@ -294,3 +294,18 @@ def test_ctrl_c_marks_the_running_trial_failed(tmp_path):
     assert process.returncode == 130, output
     assert "trial 0: interrupted, marked failed" in output and "run the same command again" in output
     assert [(row["number"], row["state"]) for row in trials_csv(runs / "tiny")] == [("0", "fail")]
+
+
+@needs_data
+def test_workers_share_the_sqlite_study(runner, tmp_path):
+    config = write(tmp_path / "tiny.yaml", tiny_study(trials=4))
+    result = runner.invoke(app, ["tune", str(config), "--runs-dir", str(tmp_path / "runs"), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    rows = trials_csv(tmp_path / "runs" / "tiny")
+    assert sorted(row["number"] for row in rows) == ["0", "1", "2", "3"]
+    assert all(row["state"] in ("complete", "pruned") for row in rows)
+    assert len({row["run_dir"] for row in rows}) == 4
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'runs' / 'tiny' / 'study.db'}")
+    assert len({trial.user_attrs["worker"]["pid"] for trial in study.trials}) == 2  # this process and one more
