@@ -440,19 +440,19 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
         study.tell(trial, state=TrialState.FAIL)
         echo(f"trial {trial.number}: {_params_text(params)}: failed: {exc}")
         return "failed"
-    trial.set_user_attr("run_dir", str(result.run_dir))
     if result.status == "interrupted":
+        trial.set_user_attr("run", {"run_dir": str(result.run_dir)})
         study.tell(trial, state=TrialState.FAIL)
         echo(f"trial {trial.number}: interrupted, marked failed; its run: {result.run_dir}")
         return "interrupted"
     history = rundir.read_json(result.run_dir / rundir.HISTORY_JSON)["epochs"]
     values = [row[tune.objective] for row in history if math.isfinite(row.get(tune.objective, math.nan))]
     value = (max if search.direction == "maximize" else min)(values) if values else None
-    trial.set_user_attr("epochs", len(history))
-    trial.set_user_attr("fit_seconds", result.metrics.get("train_seconds"))
-    trial.set_user_attr("test_accuracy", result.metrics.get("test_accuracy"))
     seconds = round(time.perf_counter() - trial_started, 3)
-    trial.set_user_attr("wall_seconds", seconds)
+    # one attribute, one database write: the run, its epochs, fit and trial seconds, test accuracy
+    trial.set_user_attr("run", {"run_dir": str(result.run_dir), "epochs": len(history),
+                                "fit_seconds": result.metrics.get("train_seconds"), "wall_seconds": seconds,
+                                "test_accuracy": result.metrics.get("test_accuracy")})
     record = {"study": study.study_name, "trial": trial.number}
     if value is None:
         study.tell(trial, state=TrialState.FAIL)
@@ -565,7 +565,7 @@ def trials_table(study) -> tuple[list[str], list[list[str]]]:
     header = ["number", "state", "value", *keys, "epochs", "fit_seconds", "wall_seconds", "test_accuracy", "run_dir"]
     rows = []
     for trial in trials:
-        attrs = trial.user_attrs
+        attrs = trial.user_attrs.get("run", {})
         value = trial.value if trial.value is not None else (
             trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None)
         rows.append([str(trial.number), trial.state.name.lower(), "" if value is None else f"{value:.6g}",
@@ -688,8 +688,8 @@ def show(study: str, storage: str | None = None, runs_dir: str | Path = "runs") 
     else:
         lines.append(f"best: trial {best.number}, value {best.value:.4f}, "
                      + ", ".join(f"{key}={_fmt(value)}" for key, value in best.params.items()))
-        if best.user_attrs.get("run_dir"):
-            lines.append(f"      run {best.user_attrs['run_dir']}")
+        if best.user_attrs.get("run", {}).get("run_dir"):
+            lines.append(f"      run {best.user_attrs['run']['run_dir']}")
         if (folder / BEST_CONFIG).exists():
             lines.append(f"      config {folder / BEST_CONFIG}: cnnlab train {shlex.quote(str(folder / BEST_CONFIG))}")
     return "\n".join(lines)

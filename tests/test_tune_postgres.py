@@ -89,5 +89,5 @@ def test_two_workers_share_one_postgres_study_and_run_no_trial_twice(postgres_ur
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both worked on the study
     runs_made = sorted(p.name for p in (runs / "shared").glob("trial-*"))
     assert [name[:9] for name in runs_made] == [f"trial-{n:03d}" for n in range(6)]  # one run directory each
-    assert {Path(t.user_attrs["run_dir"]).name for t in trials} == set(runs_made)
+    assert {Path(t.user_attrs["run"]["run_dir"]).name for t in trials} == set(runs_made)
     assert len(trials_csv(runs / "shared")) == 6
