@@ -403,9 +403,11 @@ def _search(search: Search, study, folder: Path, device: str, echo: Echo) -> str
             return "timeout"
         if tune.trials is not None and _finished_or_running(study) >= tune.trials:
             return "completed"
-        # a sampler seeded by the trial's number: the same study asks the same values again
-        study.sampler = _sampler(tune, seed + len(study.get_trials(deepcopy=False)))
         trial = study.ask()
+        # The values are drawn when the trial suggests them, by a sampler seeded with the trial's number:
+        # the same study asks the same values again, and workers that ask at the same instant (the same
+        # study state) still draw different ones (TPE's own state is the study in the storage).
+        study.sampler = _sampler(tune, seed + trial.number)
         try:
             state = _run_trial(search, study, trial, folder, device, keras, data, echo)
         except BaseException:  # Ctrl-C between epochs' files, or a bug: the trial never counts as complete

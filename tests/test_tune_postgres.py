@@ -83,11 +83,16 @@ def test_two_workers_share_one_postgres_study_and_run_no_trial_twice(postgres_ur
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     trials = study.get_trials()
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 6 and len(trials) == 6  # N trials between them, none over, none failed
-    assert sorted(t.number for t in trials) == list(range(6))
-    assert len({(t.params["model.layers[1].units"], t.params["train.optimizer.learning_rate"]) for t in trials}) == 6
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both worked on the study
+    log = "\n".join(outputs)
+    # N trials between them, none failed; two workers that finish at the same instant may each start
+    # one more (Optuna has no atomic "claim the last slot"), so at most one over
+    assert len(finished) == len(trials) and 6 <= len(trials) <= 7, log
+    count = len(trials)
+    assert sorted(t.number for t in trials) == list(range(count)), log
+    values = {(t.params["model.layers[1].units"], t.params["train.optimizer.learning_rate"]) for t in trials}
+    assert len(values) == count, log  # no trial's values run twice
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2, log  # both worked on the study
     runs_made = sorted(p.name for p in (runs / "shared").glob("trial-*"))
-    assert [name[:9] for name in runs_made] == [f"trial-{n:03d}" for n in range(6)]  # one run directory each
+    assert [name[:9] for name in runs_made] == [f"trial-{n:03d}" for n in range(count)], log  # one run each
     assert {Path(t.user_attrs["run"]["run_dir"]).name for t in trials} == set(runs_made)
-    assert len(trials_csv(runs / "shared")) == 6
+    assert len(trials_csv(runs / "shared")) == count
