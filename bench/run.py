@@ -44,6 +44,7 @@ import data_figures
 import scale_figures
 import serve_figures
 import speed_figures
+import tune_figures
 from harness import (
     BENCH, ROOT, SHARED, BenchError, Process, Row, only_run_dir, read_json, result_line, run_measured, table,
 )
@@ -57,7 +58,8 @@ TRAIN_TIMEOUT = 1800  # seconds for one training command; a hung run fails inste
 SHORT_TIMEOUT = 300  # seconds for predict and --help
 CORE_SECTIONS = ("help", "throughput", "time_to_accuracy", "predict")  # measured here, by Bench
 # each later group of figures: its own module with TITLE, measure(bench) and rows(results)
-FIGURE_MODULES = {"own_data": data_figures, "speed": speed_figures, "serve": serve_figures, "scale": scale_figures}
+FIGURE_MODULES = {"own_data": data_figures, "speed": speed_figures, "serve": serve_figures, "scale": scale_figures,
+                  "tune": tune_figures}
 
 
 class Bench:

@@ -135,6 +135,60 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@app.command()
+@user_errors
+def tune(
+    config: Annotated[Optional[Path], typer.Argument(help="The YAML config with a `tune:` section.",
+                                                     show_default=False)] = None,
+    overrides: Overrides = None,
+    trials: Annotated[Optional[int], typer.Option(
+        help="Finished trials the study should have (default: tune.trials); a rerun continues it.",
+        show_default=False)] = None,
+    timeout: Annotated[Optional[str], typer.Option(
+        help="Start no trial after this long, e.g. 30m, 2h, 600 (default: tune.timeout).", show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        envvar="CNNLAB_TUNE_STORAGE", show_envvar=True,
+        help="An Optuna storage URL shared by several processes or machines, e.g. "
+             "postgresql+psycopg2://user:pass@host/db (default: SQLite in runs/<study>/study.db).",
+        show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option(
+        help="The study's name and folder under --runs-dir (default: the config's name).", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(help="Processes on this machine working on the study.")] = 1,
+    force_new: Annotated[bool, typer.Option(
+        "--force-new", help="Delete a stored study of this name that has another search space, and start again.")
+    ] = False,
+    show: Annotated[Optional[str], typer.Option(
+        help="Print a study's trials and best trial (a study folder, or a name with --storage); no training.",
+        show_default=False)] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study folders are created.")] = Path("runs"),
+    device: Annotated[Device, typer.Option(help="Where to train; gpu fails if there is none.")] = Device.auto,
+) -> None:
+    """Search CONFIG's tune.space with Optuna; each trial a run directory under runs/<study>/."""
+    from cnnlab import tune as tuning
+
+    if show is not None:
+        typer.echo(tuning.show(show, storage=storage, runs_dir=runs_dir))
+        return
+    if config is None:
+        raise CnnlabError("missing CONFIG: give a YAML file with a tune: section, e.g. "
+                          "`cnnlab tune configs/tune_cnn.yaml`, or --show STUDY.")
+    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    previous = None if ignored else signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        result = tuning.tune(config, overrides or [], trials=trials, timeout=timeout, storage=storage, study=study,
+                             workers=workers, runs_dir=runs_dir, force_new=force_new, device=device.value,
+                             echo=typer.echo)
+    finally:
+        if not ignored:
+            signal.signal(signal.SIGTERM, previous)
+    if result.best is not None:
+        typer.echo(f"best: trial {result.best.number}, {result.best.value:.4f}; "
+                   f"train it: cnnlab train {result.folder / tuning.BEST_CONFIG}")
+    if result.status == "interrupted":
+        typer.echo(f"interrupted: run the same command again to continue the study ({result.finished} finished)")
+        raise typer.Exit(130)
+
+
 @app.command("config")
 @user_errors
 def show_config(

@@ -503,12 +503,119 @@ class TrainSection(_Section):
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
+# --- tune ---------------------------------------------------------------------------
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration such as 90, "90s", "30m" or "1.5h" (`tune.timeout`, `--timeout`)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", value) if isinstance(value, str) else None
+    if not match or float(match.group(1)) <= 0:
+        raise PydanticCustomError("search_space", "a duration is a positive number of seconds, or one like 90s, "
+                                  "30m or 1.5h (got {value})", {"value": repr(value)})
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+class SearchRange(_Section):
+    """The values `cnnlab tune` tries for one config key: exactly one of
+
+    choice: [a, b, ...], any values the config takes there (numbers, names, mappings);
+    int: [low, high], whole numbers from low to high inclusive, every `step` (default 1);
+    float: [low, high], uniform, or on a log scale with `log: true`, or on a grid of `step`.
+    """
+
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+    int_range: Annotated[tuple[int, int], BeforeValidator(_as_tuple)] | None = Field(None, alias="int")
+    float_range: Annotated[tuple[float, float], BeforeValidator(_as_tuple)] | None = Field(None, alias="float")
+    step: Annotated[float, Field(gt=0.0)] | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _one_range(self):
+        kinds = [name for name, given in (("choice", self.choice), ("int", self.int_range),
+                                          ("float", self.float_range)) if given is not None]
+        if len(kinds) != 1:
+            given = f", not {' and '.join(kinds)}" if kinds else ""
+            raise PydanticCustomError("search_space", f"give one of choice, int or float{given}")
+        if self.choice is not None:
+            if self.step is not None or self.log:
+                raise PydanticCustomError("search_space", "step and log are for int and float ranges, not a choice")
+            return self
+        low, high = self.int_range or self.float_range
+        if low >= high:
+            raise PydanticCustomError("search_space", "{kind}: low ({low}) must be below high ({high})",
+                                      {"kind": kinds[0], "low": low, "high": high})
+        if self.log and low <= 0:
+            raise PydanticCustomError("search_space", "log: true needs a low above 0 (got {low})", {"low": low})
+        if self.log and self.step is not None:
+            raise PydanticCustomError("search_space", "give step or log, not both (a grid or a log scale)")
+        if self.int_range is not None and self.step is not None and self.step != int(self.step):
+            raise PydanticCustomError("search_space", "an int range's step is a whole number (got {step})",
+                                      {"step": self.step})
+        return self
+
+
+def _search_space(value: Any) -> Any:
+    """Each `tune.space` entry, validated with its key in the message (the key holds dots and brackets)."""
+    if not isinstance(value, dict):
+        return value  # the dict type's own error
+    out = {}
+    for key, entry in value.items():
+        if not isinstance(key, str) or not _KEY_PATH.fullmatch(key):
+            raise PydanticCustomError("search_space", "{key} is not a key path; write keys as --set takes them, "
+                                      "e.g. train.batch_size or model.layers[0].filters", {"key": repr(key)})
+        try:
+            out[key] = SearchRange.model_validate(entry)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key {where!r}; valid: choice, int, float, step, log"
+            elif error["type"] in ("model_type", "model_attributes_type"):
+                message = "expected a mapping such as {choice: [a, b]}, {int: [low, high]} or {float: [low, high]}"
+            else:
+                message = (f"{where}: " if where else "") + error["msg"].rstrip(".")
+                if error["type"] not in _OWN_ERRORS:
+                    message += f" (got {error.get('input')!r})"
+            raise PydanticCustomError("search_space", "{key}: {message}", {"key": key, "message": message}) from None
+    return out
+
+
+class PrunerSection(_Section):
+    """Stopping weak trials early, on the objective reported after every epoch.
+
+    median: a trial stops when its value is worse than the median of the earlier trials' values
+        at the same epoch, once `startup_trials` trials have finished and after `warmup_epochs`.
+    hyperband: Optuna's Hyperband over 1..train.epochs epochs. none: every trial trains all epochs.
+    """
+
+    name: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: Annotated[int, Field(ge=0)] = 3
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+
+
+class TuneSection(_Section):
+    """What `cnnlab tune` searches: config keys (the paths --set takes) and their ranges, the value
+    it optimises (logged every epoch; the best epoch's counts) and how long it searches."""
+
+    objective: str = "val_accuracy"
+    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: accuracies up, losses down
+    trials: PositiveInt | None = 20  # finished (completed or pruned) trials in the whole study; null: until timeout
+    timeout: Annotated[Any, AfterValidator(parse_duration)] | None = None  # seconds, or 30m / 2h: start no trial after
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int | None = None  # default: the config's seed
+    pruner: PrunerSection = PrunerSection()
+    space: Annotated[dict[str, SearchRange], BeforeValidator(_search_space), Field(min_length=1)]
+
+
 class Config(_Section):
     name: RunName
     seed: int = 42
     data: DataSection = DataSection()
     model: ModelSection
     train: TrainSection = TrainSection()
+    tune: TuneSection | None = None  # the search of `cnnlab tune`; `cnnlab train` ignores it
 
     def one_hot_labels(self) -> bool:
         """Whether targets are one-hot vectors (vs integer class ids).
@@ -525,7 +632,8 @@ class Config(_Section):
         return True
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False)
+        data = self.model_dump(mode="json", exclude={"tune"} if self.tune is None else None)  # no `tune: null`
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def output_units(cfg: Config) -> int | None:
@@ -616,47 +724,61 @@ def apply_override(data: dict, override: str, source: Path) -> str:
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise CnnlabError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=3.")
-    if not _KEY_PATH.fullmatch(key.strip()):
-        raise CnnlabError(
-            f"--set {override!r}: {key.strip()!r} is not a key path; write keys joined by dots and list "
-            "items by their number, e.g. train.epochs or model.layers[0].filters."
-        )
-    parts: list[str | int] = []
-    for name, index in _PATH_PART.findall(key.strip()):
-        parts.append(int(index) if index else (int(name) if name.isdigit() else name))
+    where = f"--set {override!r}"
+    parts = parse_key_path(key.strip(), where)
     try:
         value = yaml.load(raw, Loader=_UniqueKeyLoader)  # the numbers a config file accepts
     except yaml.YAMLError:
-        raise CnnlabError(f"--set {override!r}: the value {raw!r} is not valid YAML.") from None
+        raise CnnlabError(f"{where}: the value {raw!r} is not valid YAML.") from None
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
-        node = _step(node, part, parts[: depth + 1], override, create=True)
+        node = _step(node, part, parts[: depth + 1], where, create=True)
     last = parts[-1]
     if isinstance(last, int):
-        _step(node, last, parts, override, create=True)  # checks the index; one past the end appends
+        _step(node, last, parts, where, create=True)  # checks the index; one past the end appends
     elif not isinstance(node, dict):
-        raise CnnlabError(f"--set {override!r}: {format_path(parts[:-1])} is not a mapping.")
+        raise CnnlabError(f"{where}: {format_path(parts[:-1])} is not a mapping.")
     node[last] = value
     return format_path(parts)
 
 
-def _step(node: Any, part: str | int, so_far: list, override: str, create: bool) -> Any:
+def parse_key_path(key: str, where: str) -> list[str | int]:
+    """`model.layers[0].filters` as ["model", "layers", 0, "filters"]; `where` starts the error message."""
+    if not _KEY_PATH.fullmatch(key):
+        raise CnnlabError(
+            f"{where}: {key!r} is not a key path; write keys joined by dots and list "
+            "items by their number, e.g. train.epochs or model.layers[0].filters."
+        )
+    return [int(index) if index else (int(name) if name.isdigit() else name) for name, index in _PATH_PART.findall(key)]
+
+
+def value_at(data: dict, key: str, where: str) -> Any:
+    """The value at a key path such as `model.layers[1].units` (a CnnlabError if it does not exist)."""
+    parts = parse_key_path(key, where)
+    node: Any = data
+    for depth, part in enumerate(parts):
+        node = _step(node, part, parts[: depth + 1], where, create=False)
+    return node
+
+
+def _step(node: Any, part: str | int, so_far: list, where: str, create: bool) -> Any:
     if isinstance(part, int):
         if not isinstance(node, list):
-            raise CnnlabError(f"--set {override!r}: {format_path(so_far[:-1])} is not a list.")
+            raise CnnlabError(f"{where}: {format_path(so_far[:-1])} is not a list.")
         if part == len(node) and create:  # model.layers[8]=... on 8 layers: a new last item
             node.append({})
         elif part >= len(node):
             raise CnnlabError(
-                f"--set {override!r}: {format_path(so_far)} does not exist "
-                f"(the list has {len(node)} items; [{len(node)}] appends one)."
+                f"{where}: {format_path(so_far)} does not exist "
+                f"(the list has {len(node)} items" + (f"; [{len(node)}] appends one)." if create else ").")
             )
         return node[part]
     if not isinstance(node, dict):
-        raise CnnlabError(f"--set {override!r}: {format_path(so_far[:-1])} is not a mapping.")
+        raise CnnlabError(f"{where}: {format_path(so_far[:-1])} is not a mapping.")
     if part not in node or node[part] is None:
         if not create:
-            raise CnnlabError(f"--set {override!r}: {format_path(so_far)} does not exist.")
+            valid = f"; valid keys there: {', '.join(map(str, node))}" if node else ""
+            raise CnnlabError(f"{where}: {format_path(so_far)} does not exist{did_you_mean(str(part), list(map(str, node)))}{valid}.")
         node[part] = {}
     if so_far == ["train", "loss"] and isinstance(node[part], str):  # --set train.loss.label_smoothing=0.1
         node[part] = {"name": node[part]}
@@ -730,7 +852,7 @@ def _describe(error: dict, data: dict) -> str:
     return f"{path}: {error['msg'].rstrip('.')} (got {value!r})."
 
 
-_OWN_ERRORS = ("metric", "one_of", "loss_option")
+_OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space")
 
 
 def _is_number(text: str) -> bool:

@@ -378,12 +378,16 @@ def _width_name(kind: str) -> str:
     return "filters" if kind == "conv2d" else "units" if kind == "dense" else "units or filters before it"
 
 
-def _check_monitors(cfg: Config, source: str) -> None:
+def logged_values(cfg: Config) -> list[str]:
+    """The values training logs every epoch: loss, the metrics, and their val_* with validation data."""
     names = ["loss", *cfg.train.metrics]
+    return names + [f"val_{name}" for name in names] if cfg.data.validation.method != "none" else names
+
+
+def _check_monitors(cfg: Config, source: str) -> None:
+    names = logged_values(cfg)
     if cfg.train.loop == "gradient_tape":
         _check_tape_loop(cfg, source)
-    if cfg.data.validation.method != "none":
-        names += [f"val_{name}" for name in names]
     if cfg.train.checkpoint.filename:
         _check_filename_pattern(cfg.train.checkpoint.filename, names, source)
     plateau = cfg.train.lr_schedule if getattr(cfg.train.lr_schedule, "name", None) == "reduce_on_plateau" else None

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,6 +65,23 @@ class TrainResult:
     run_dir: Path
     status: str  # completed | interrupted
     metrics: dict
+
+
+@dataclass
+class Hooks:
+    """What a caller that trains many configs in one process (`cnnlab tune`) changes about a run.
+
+    Args:
+        callbacks: more Keras callbacks for the fit, after cnnlab's own (an epoch's files are
+            written when they see it); tune's pruning is one.
+        data: a dict the caller keeps between runs: the data loaded for one `data:` section is
+            reused by the next run with the same section, instead of being read again.
+        export_tflite: False leaves model.tflite out (predict then runs the checkpoint with Keras).
+    """
+
+    callbacks: list = field(default_factory=list)
+    data: dict | None = None
+    export_tflite: bool = True
 
 
 class Diverged(CnnlabError):
@@ -112,7 +129,8 @@ def step(label: str, quiet: bool = False, spinner: bool = True) -> Iterator[None
 
 
 def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device: str = "auto",
-          echo: Echo = print, quiet: bool = False, progress: Progress | None = None) -> TrainResult:
+          echo: Echo = print, quiet: bool = False, progress: Progress | None = None,
+          hooks: Hooks | None = None) -> TrainResult:
     """Train `cfg` into a new run directory under `runs_dir`.
 
     Args:
@@ -123,11 +141,13 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         echo: prints a line for the user (the final result lines always, the rest unless `quiet`).
         quiet: only the result lines and errors: no status lines, layer table or progress bars.
         progress: shows the decoding of a user's images (`cnnlab.data.cache.Progress`).
+        hooks: what a caller that trains many runs in one process changes (see `Hooks`).
     """
+    hooks = hooks or Hooks()
     plan = check_model(cfg, str(source))
     distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
     # a missing GPU or data file fails here, before a run folder exists
-    data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet)
+    data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet, hooks.data)
     dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
     if dist is not None and not dist.chief:  # only the chief writes the run directory
         runs_dir, quiet = dist.private_dir(), True
@@ -140,7 +160,8 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
         **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
     })
     _info(echo, quiet)(f"run directory: {run_dir}")
-    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start, dist=dist)
+    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start, dist=dist,
+                hooks=hooks)
 
 
 def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overrides: list[str] | tuple = (),
@@ -224,8 +245,11 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
 
 
 def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progress: Progress | None,
-                    quiet: bool) -> tuple[ImageData, tuple]:
+                    quiet: bool, reuse: dict | None = None) -> tuple[ImageData, tuple]:
     """Load the data and start TensorFlow: (data, backend); a mistake in either raises here.
+
+    `reuse` (`Hooks.data`): the data of the last run in this process, by its `data:` section;
+    the same section is not read again, and a new one replaces it there.
 
     A built-in set whose files are there is read in a thread while TensorFlow imports: its
     ~0.5 s go to gzip and md5, which release the GIL, so they use the second core instead of
@@ -234,7 +258,10 @@ def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progr
     """
     if device == "cpu":  # known before TensorFlow starts
         _check_precision(cfg, "CPU", where)
-    if plan.data.own_data or not idx_files_present(plan.data, cfg.data.dir):
+    key = cfg.data.model_dump_json()
+    if reuse is not None and key in reuse:
+        data, backend = reuse[key], _start_backend(device, quiet)
+    elif plan.data.own_data or not idx_files_present(plan.data, cfg.data.dir):
         own = plan.data.own_data
         with step(f"loading {plan.data.source if own else plan.data.name}", quiet, spinner=not own):
             data = load(cfg.data, plan.data, progress, where=where)
@@ -258,6 +285,9 @@ def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progr
         if "error" in loaded:
             raise loaded["error"]
         data = loaded["data"]
+    if reuse is not None:
+        reuse.clear()
+        reuse[key] = data
     _check_precision(cfg, backend[1], where)
     return data, backend
 
@@ -284,7 +314,7 @@ def _start_backend(device: str, quiet: bool):
 
 def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
          history: list[dict], quiet: bool = False, start: StartingWeights | None = None,
-         dist: distribute.Distributed | None = None) -> TrainResult:
+         dist: distribute.Distributed | None = None, hooks: Hooks | None = None) -> TrainResult:
     """Train and score in `run_dir`; every way this can end is written to run.json's status."""
     keras, _ = backend
     rows = list(history)  # the finished epochs; the recorder appends to this very list
@@ -292,7 +322,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     if quiet:  # Keras' progress bars and messages go to absl logging, which shows only warnings
         keras.config.disable_interactive_logging()
     try:
-        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist)
+        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks or Hooks())
     except KeyboardInterrupt:
         return _interrupted(cfg, run_dir, rows, echo)
     except Diverged:
@@ -311,7 +341,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
 
 def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
                      rows: list[dict], quiet: bool, start: StartingWeights | None,
-                     dist: distribute.Distributed | None = None) -> TrainResult:
+                     dist: distribute.Distributed | None, hooks: Hooks) -> TrainResult:
     keras, device_name = backend
     say = _info(echo, quiet)
     history = list(rows)
@@ -355,6 +385,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    callbacks += hooks.callbacks
     validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg)) if splits.x_val is not None else None
     augment = augmentation(keras, cfg.data.augment, plan.data, cfg.data.scale, plan.input_shape, cfg.seed)
     started = time.perf_counter()
@@ -402,8 +433,9 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     # memory is reused by the converter instead of adding to the run's peak.
     del model, recorder, guard, callbacks
     gc.collect()
-    with step("exporting model.tflite for predict", quiet):
-        metrics.update(_export_for_predict(best_model, run_dir, splits, probs, say))
+    if hooks.export_tflite:
+        with step("exporting model.tflite for predict", quiet):
+            metrics.update(_export_for_predict(best_model, run_dir, splits, probs, say))
     if diverged is not None:
         metrics["diverged_at"] = diverged
     rundir.write_json(run_dir / rundir.METRICS, metrics)
