@@ -81,7 +81,8 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
     `Image.MAX_IMAGE_PIXELS` is refused before it is decoded. `draft_size` (width, height)
     lets a JPEG decode at the smallest of 1/2, 1/4, 1/8 of its size that still covers it
     (a photo that becomes 64x64 need not be decoded at 4000x3000). An image larger than
-    `max_side` is shrunk to it (area average), before any per-pixel work.
+    `max_side` is shrunk by the smallest whole factor that fits it (area average, `Image.reduce`:
+    an 837 px photo halved to 419 for `max_side=512`), before any per-pixel work.
     """
     if isinstance(source, ImageBytes):
         path, stream, empty = source.name, io.BytesIO(source.data), not source.data
@@ -119,8 +120,9 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
             f"(at least {MIN_SIDE}x{MIN_SIDE})."
         )
     image = _eight_bit(image)
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.BOX)  # area average: thin strokes stay
+    factor = -(-max(image.size) // max_side)  # the smallest whole shrink that fits
+    if factor > 1:
+        image = image.reduce(factor)  # each pixel the mean of a factor x factor block: thin strokes stay
     return image
 
 
