@@ -48,7 +48,7 @@ DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
 STROKE_RATIO = 0.14  # median MNIST stroke width / the digit's longer side (2.85 px / 20 px)
 MIN_SIDE = 4  # fewer pixels than this on a side cannot hold a digit
 WORK_SIDE = 1600  # larger images are shrunk first: the result is 28 px, this saves time, not detail
-INK_SIDE = 512  # the MNIST and Fashion steps shrink further: a digit a fifth of the photo keeps 100 px (5 x 20)
+INK_SIDE = 640  # the MNIST and Fashion steps shrink further: a digit a fifth of the photo keeps 128 px (6 x 20)
 _WORK_BOX = 80  # the cropped digit is redrawn at this size (4 x 20) to set its stroke width
 _GRID = 256  # connected components are found on a grid this size (a speck is far smaller than a cell of it)
 _MIN_CONTRAST = 24.0  # grey levels between paper and ink below which an image counts as blank
@@ -82,7 +82,7 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
     lets a JPEG decode at the smallest of 1/2, 1/4, 1/8 of its size that still covers it
     (a photo that becomes 64x64 need not be decoded at 4000x3000). An image larger than
     `max_side` is shrunk by the smallest whole factor that fits it (area average, `Image.reduce`:
-    an 837 px photo halved to 419 for `max_side=512`), before any per-pixel work.
+    an 837 px photo halved to 419 for `max_side=640`), before any per-pixel work.
     """
     if isinstance(source, ImageBytes):
         path, stream, empty = source.name, io.BytesIO(source.data), not source.data
