@@ -64,7 +64,7 @@ _RAW_TYPES = ("image/", "application/octet-stream")
 
 
 def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_files: int = MAX_FILES,
-               log: Callable[[str], None] | None = None, threads: int | None = None):
+               log: Callable[[str], None] | None = None):
     """The FastAPI app serving `loaded` (see the module docstring for its routes).
 
     Args:
@@ -72,7 +72,6 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         max_upload_bytes: a request body larger than this is refused with 413.
         max_files: a multipart request with more images than this is refused with 400.
         log: called with one line per request (default: print to stderr).
-        threads: images prepared at once (default: one per core); the others wait in order.
     """
     app = FastAPI(title="cnnlab", version=_version("cnnlab"),
                   description=f"Predictions of {loaded.path} ({loaded.kind}).")
@@ -80,7 +79,7 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
     # Preparing an image is CPU work under the GIL: more of them at once than there are cores
     # only makes each slower. Requests wait their turn in order (the limiter is first come,
     # first served), so a burst does not leave some of them waiting for seconds.
-    workers = anyio.CapacityLimiter(threads or os.cpu_count() or 1)
+    workers = anyio.CapacityLimiter(os.cpu_count() or 1)
 
     @app.get("/health")
     def health() -> dict:
@@ -191,39 +190,22 @@ def png_data_url(seen) -> str:
 
 
 def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, workers: int = 1, echo: Callable[[str], None] = print) -> None:
-    """Load TARGET and serve it until Ctrl-C or SIGTERM (requests in flight are finished first).
-
-    `workers` > 1: that many server processes share the port (uvicorn's workers), each with
-    its own copy of the model, so requests are prepared on several cores at once (one
-    process holds Python's GIL for most of an image's preparation).
-    """
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, echo: Callable[[str], None] = print) -> None:
+    """Load TARGET and serve it until Ctrl-C or SIGTERM (requests in flight are finished first)."""
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise CnnlabError(f"--port {port}: must be between 0 and 65535.")
-    if workers < 1:
-        raise CnnlabError(f"--workers {workers}: must be at least 1 (server processes).")
     _check_address(host, port)  # before loading: uvicorn would log its own lines, then exit
     loaded = load_checkpoint(target, fast=True)
     if not loaded.info.is_image:
         raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data set; "
                           "serve predicts images.")
-    shown = f"[{host}]" if ":" in host else host
-    settings = dict(host=host, port=port, access_log=False, log_level="warning", timeout_graceful_shutdown=30)
-    if workers > 1:  # each worker process loads the model itself: uvicorn imports the app by name
-        os.environ[_WORKER_ENV] = json.dumps({"target": os.path.abspath(target), "max_upload_bytes": max_upload_bytes,
-                                              "threads": max(1, (os.cpu_count() or 1) // workers)})
-        echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{port} in {workers} processes  "
-             "(API docs: /docs; Ctrl-C stops)")
-        try:
-            uvicorn.run(f"{__name__}:_worker_app", factory=True, workers=workers, **settings)
-        except SystemExit:  # uvicorn exits when it cannot bind the address
-            raise CnnlabError(f"--host {host} --port {port}: cannot listen there; choose another --port.") from None
-        echo("stopped")  # uvicorn's supervisor stops its workers on Ctrl-C and SIGTERM, then returns
-        return
-    config = uvicorn.Config(create_app(loaded, max_upload_bytes=max_upload_bytes), **settings)
+    app = create_app(loaded, max_upload_bytes=max_upload_bytes)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
     echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{port}  (API docs: /docs; Ctrl-C stops)")
     # uvicorn finishes the requests in flight on SIGINT/SIGTERM, then raises the signal again
     # with the handlers it found: ours turns SIGTERM, like Ctrl-C, into a clean stop.
@@ -237,16 +219,6 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         echo("stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-_WORKER_ENV = "CNNLAB_SERVE_WORKER"  # what `serve` tells its worker processes (JSON): the model, the limits
-
-
-def _worker_app():
-    """The app of one worker process of `serve(..., workers=N)`: the model loaded as the parent loaded it."""
-    settings = json.loads(os.environ[_WORKER_ENV])
-    return create_app(load_checkpoint(settings["target"], fast=True),
-                      max_upload_bytes=settings["max_upload_bytes"], threads=settings["threads"])
 
 
 def _check_address(host: str, port: int) -> None:

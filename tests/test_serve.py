@@ -249,24 +249,6 @@ def test_sigterm_finishes_the_request_in_flight(served_run, tmp_path):
     assert "POST /predict 200" in probe.log()
 
 
-def test_workers_are_processes_sharing_the_port_and_answer_as_predict_does(served_run, tmp_path):
-    probe = Server(served_run, tmp_path / "serve.log", "--workers", "2")
-    try:
-        children = subprocess.run(["ps", "-ww", "--ppid", str(probe.process.pid), "-o", "args="],
-                                  capture_output=True, text=True).stdout.splitlines()
-        assert sum("spawn_main" in line for line in children) == 2, children  # two worker processes, each with the model
-        loaded = load_checkpoint(served_run, fast=True)
-        photos = [path for path, _ in _digits()[::17]]
-        with ThreadPoolExecutor(4) as pool:  # at once: the workers share the requests
-            answers = list(pool.map(lambda path: _post_image(server=probe, data=path.read_bytes()), photos * 2))
-        for path, answer in zip(photos * 2, answers):
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["predictions"][0]["class"] == predict_files(loaded, [path])[0].label
-    finally:
-        assert probe.stop() == 0  # SIGTERM: the workers finish and the server exits cleanly
-    assert "in 2 processes" in probe.log() and "stopped" in probe.log() and "Traceback" not in probe.log()
-
-
 def test_serve_errors_are_one_line(served_run, tmp_path, runner):
     from cnnlab.cli import app
 
