@@ -25,6 +25,7 @@ from harness import (
     BenchError,
     Row,
     only_run_dir,
+    measure_figures,
     read_json,
     result_line,
     run_measured,
@@ -67,15 +68,8 @@ def write_shape_folder(folder: Path, count: int, size: int = 64) -> Path:
 
 def measure(bench) -> None:
     """All three figures; each failure is reported and the others still run."""
-    results = bench.results.setdefault("own_data", {})
-    for name, figure in (("folder loading", _loading), ("memory against data size", _memory),
-                         ("augmentation throughput", _augmentation)):
-        bench.say(f"-- {name}")
-        try:
-            figure(bench, results)
-        except BenchError as exc:
-            bench.failures[f"own data: {name}"] = str(exc)
-            bench.say(f"FAILED: {exc}")
+    measure_figures(bench, "own_data", "own data", (
+        ("folder loading", _loading), ("memory against data size", _memory), ("augmentation throughput", _augmentation)))
 
 
 def _loading(bench, results: dict) -> None:

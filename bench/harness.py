@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -157,6 +158,30 @@ class Row:
         values = [self.fmt.format(v) for v in (statistics.median(self.values), min(self.values), max(self.values))]
         verdict = "" if self.met is None else ("met" if self.met else "**missed**") if judge else "(quick run)"
         return [self.figure, *values, self.target, verdict]
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (all held until each is known, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def measure_figures(bench, group: str, label: str, figures) -> None:
+    """Measure each `(name, figure)` of a group into bench.results[group]; a BenchError fails only that figure."""
+    results = bench.results.setdefault(group, {})
+    for name, figure in figures:
+        bench.say(f"-- {name}")
+        try:
+            figure(bench, results)
+        except BenchError as exc:
+            bench.failures[f"{label}: {name}"] = str(exc)
+            bench.say(f"FAILED: {exc}")
 
 
 def median_meets(values: list[float], ok) -> bool | None:

@@ -12,24 +12,14 @@ all-reduce of the weights every step) and the per-step host work cost, not a spe
 
 from __future__ import annotations
 
-import socket
 import subprocess
 
-from harness import ROOT, BenchError, Row, only_run_dir, read_json, run_measured
+from harness import ROOT, BenchError, Row, free_ports, only_run_dir, read_json, run_measured
 
 TITLE = "two workers against one process"  # its section in the report
 
 TRAIN_TIMEOUT = 1800
 
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def measure(bench) -> None:
@@ -53,7 +43,7 @@ def _scale(bench, results: dict) -> None:
             argv = [*bench.cnnlab, *base, "--runs-dir", str(runs)]
             other = None
             if side == "two":
-                workers = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+                workers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
                 argv += ["--workers", workers, "--worker-index", "0"]
                 other_argv = [*bench.cnnlab, *base, "--runs-dir", str(bench.work / f"runs-scale-other-{rep}"),
                               "--workers", workers, "--worker-index", "1"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import ROOT, BenchError, Row, only_run_dir
+from harness import ROOT, BenchError, Row, free_ports, only_run_dir
 
 TITLE = "serving over loopback"  # its section in the report
 
@@ -57,7 +56,7 @@ def measure(bench) -> None:
     body = image.read_bytes()
     for rep in range(bench.args.repeat):
         for side in SIDES:
-            port = _free_port()
+            port = free_ports(1)[0]
             log = bench.log(f"serve-{side}-{rep}")
             with _server(commands[side](port), log, bench.env) as server:
                 ready = server.wait_ready(f"http://127.0.0.1:{port}/health", httpx)
@@ -173,11 +172,6 @@ def _server(argv: list[str], log: Path, env: dict):
     finally:
         server.stop()
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rows(results: dict) -> list[Row]:

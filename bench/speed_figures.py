@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 import sys
 
-from harness import BenchError, Row, median_meets, only_run_dir, read_json, result_line, run_measured
+from harness import BenchError, Row, measure_figures, median_meets, only_run_dir, read_json, result_line, run_measured
 
 TITLE = "time to 99%, memory against the plain script, mixed_bfloat16"  # its section in the report
 
@@ -33,14 +33,7 @@ TARGET = 0.99
 
 def measure(bench) -> None:
     """Both groups of figures; a failure is reported and the other group still runs."""
-    results = bench.results.setdefault("speed", {})
-    for name, figure in (("time to 99%", _time_to_99), ("mixed_bfloat16 vs float32", _precision)):
-        bench.say(f"-- {name}")
-        try:
-            figure(bench, results)
-        except BenchError as exc:
-            bench.failures[f"speed: {name}"] = str(exc)
-            bench.say(f"FAILED: {exc}")
+    measure_figures(bench, "speed", "speed", (("time to 99%", _time_to_99), ("mixed_bfloat16 vs float32", _precision)))
 
 
 def _time_to_99(bench, results: dict) -> None:

@@ -122,12 +122,22 @@ def served_run(tmp_path_factory) -> Path:
     return result.run_dir
 
 
-def free_port() -> int:
+def free_ports(count: int = 1) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (all held until each is known, so no two are the same)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 class Server:

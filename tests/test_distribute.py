@@ -21,22 +21,12 @@ from cnnlab import distribute, rundir
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
 
-from conftest import REPO, SHARED, needs_data
+from conftest import REPO, SHARED, free_ports, needs_data
 
 DNN = REPO / "configs" / "dnn.yaml"
 SMALL = ["--set", "data.train_samples=1200", "--set", "data.test_samples=300", "--set", "train.epochs=2",
          "--set", "train.batch_size=64"]
 TIMEOUT = 240  # seconds for one two-worker training on the shared 2-core machine
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.parametrize("workers, says", [
@@ -140,7 +130,7 @@ def _worker(args: list[str], index: int, ports: list[int], tmp: Path, env: dict 
 
 
 def _job(args_of, tmp: Path, env: dict | None = None) -> list[tuple[int, str]]:
-    ports = _free_ports(2)
+    ports = free_ports(2)
     for index in range(2):
         (tmp / f"cwd{index}").mkdir(exist_ok=True)
     procs = [_worker(args_of(index), index, ports, tmp, env) for index in (1, 0)]
@@ -196,7 +186,7 @@ def test_a_peer_that_never_comes_up_ends_the_worker_within_its_timeout(tmp_path)
     (tmp_path / "cwd0").mkdir()
     started = time.monotonic()
     proc = _worker([str(DNN), *SMALL, "--runs-dir", str(tmp_path / "runs")], 0,
-                   _free_ports(2), tmp_path, env={"CNNLAB_PEER_TIMEOUT": "5"})
+                   free_ports(2), tmp_path, env={"CNNLAB_PEER_TIMEOUT": "5"})
     out, _ = proc.communicate(timeout=120)
     assert "did not all come up within 5 s" in out, out
     assert proc.returncode != 0 and time.monotonic() - started < 60
@@ -207,7 +197,7 @@ def test_a_peer_that_never_comes_up_ends_the_worker_within_its_timeout(tmp_path)
 @needs_data
 def test_a_killed_worker_stops_the_chief_with_a_message_and_resume_completes(tmp_path):
     runs = tmp_path / "runs"
-    ports = _free_ports(2)
+    ports = free_ports(2)
     for index in range(2):
         (tmp_path / f"cwd{index}").mkdir()
     args = [str(DNN), "--set", "data.train_samples=6000", "--set", "data.test_samples=300", "--set", "train.epochs=3",

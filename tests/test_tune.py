@@ -6,7 +6,6 @@ import csv
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import yaml
 
 from cnnlab.cli import app
 
-from conftest import DATA_DIR, REPO, needs_data
+from conftest import DATA_DIR, REPO, free_port, needs_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -156,12 +155,6 @@ def test_a_study_with_another_space_is_refused_unless_force_new(study, runner, t
     assert [row["number"] for row in trials_csv(runs / "tiny")] == ["0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _space(**space) -> dict:
     data = tiny_study()
     data["tune"]["space"] = space
@@ -203,7 +196,7 @@ BAD = [
     ("bad timeout", _set("tune.timeout", "soon"), [], ["tune.timeout", "duration", "30m"]),
     ("bad study name", lambda d: d, ["--study", "../up"], ["--study", "'../up'", "not a valid study name"]),
     ("storage unreachable", lambda d: d,
-     ["--storage", f"postgresql+psycopg2://cnnlab:hunter2@127.0.0.1:{_free_port()}/study"],
+     ["--storage", f"postgresql+psycopg2://cnnlab:hunter2@127.0.0.1:{free_port()}/study"],
      ["--storage postgresql+psycopg2://cnnlab:***@127.0.0.1", "cannot open the study database"]),
     ("storage without a driver", lambda d: d, ["--storage", "nosuchdb://host/db"], ["--storage nosuchdb://", "cannot open"]),
 ]

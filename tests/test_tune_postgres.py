@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, needs_data
+from conftest import REPO, free_port, needs_data
 from test_tune import tiny_study, trials_csv, write
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -30,12 +29,6 @@ PASSWORD = "tune-secret-7"
 def _as_postgres(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     command = [*argv] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *argv]
     return subprocess.run(command, capture_output=True, text=True, check=True, **kwargs)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -50,7 +43,7 @@ def postgres_url():
         (folder / "pw").write_text(PASSWORD + "\n")
         if os.geteuid() == 0:
             os.chown(folder / "pw", user.pw_uid, user.pw_gid)
-        data, port = folder / "data", _free_port()
+        data, port = folder / "data", free_port()
         _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "cnnlab", f"--pwfile={folder / 'pw'}",
                      "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync")
         _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60",
