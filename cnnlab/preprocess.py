@@ -232,6 +232,23 @@ class _Blank(Exception):
     """An image without ink; `prepare_image` names the file."""
 
 
+class BlankImage(CnnlabError):
+    """An image with no ink to centre (blank page, empty drawing); the message ends with what to do.
+
+    Args:
+        where: the file (or upload) for the message.
+        advice: what the user can do; the command line's by default, a server gives its own.
+    """
+
+    def __init__(self, where, advice: str = "use --preprocess none to feed it as it is"):
+        self.where = where
+        super().__init__(f"{where}: found no ink: the image is blank (a single grey level, or contrast below "
+                         f"{_MIN_CONTRAST:.0f} grey levels); {advice}.")
+
+    def advising(self, advice: str) -> "BlankImage":
+        return BlankImage(self.where, advice)
+
+
 def _clean(mask: np.ndarray, ink: np.ndarray) -> np.ndarray:
     """Drop specks: connected pieces of ink far smaller than the digit's own.
 
@@ -386,10 +403,7 @@ def prepare_image(path: str | Path | ImageBytes, style: str = "mnist", spec=None
     try:
         seen = mnist_style(gray) if style == "mnist" else fashion_style(gray)
     except _Blank:
-        raise CnnlabError(
-            f"{path}: found no ink: the image is blank (a single grey level, or contrast below "
-            f"{_MIN_CONTRAST:.0f} grey levels); use --preprocess none to feed it as it is."
-        ) from None
+        raise BlankImage(path) from None
     if spec is None:
         return image, seen
     return image, spec.apply(Image.fromarray(np.clip(np.round(seen), 0, 255).astype(np.uint8), "L"))

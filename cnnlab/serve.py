@@ -52,7 +52,7 @@ from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import PREPROCESS_CHOICES, predict_files, preprocessing_for
-from cnnlab.preprocess import ImageBytes
+from cnnlab.preprocess import BlankImage, ImageBytes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -109,6 +109,9 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         try:
             predictions = await anyio.to_thread.run_sync(predict_files, loaded, images, top_k, preprocess,
                                                          limiter=workers)
+        except BlankImage as error:  # the command line's advice (--preprocess none) means nothing here
+            detail = error.advising("draw or upload a digit, or send preprocess=none to feed the image as it is")
+            raise HTTPException(status_code=422, detail=str(detail)) from None
         except CnnlabError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
         answers = []

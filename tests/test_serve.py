@@ -117,7 +117,8 @@ def _bad_requests(server) -> dict:
         "over the limit, streamed": (
             lambda: httpx.post(f"{server.url}/predict", content=iter([photo, bytes(2**20)]),
                                headers={"Content-Type": "image/png"}, timeout=30), 413, "1 MiB"),
-        "blank drawing": (lambda: _post_image(server, blank), 422, "no ink"),
+        "blank drawing": (lambda: _post_image(server, blank), 422, "no ink: the image is blank (a single grey level, "
+                          "or contrast below 24 grey levels); draw or upload a digit, or send preprocess=none"),
         "too many files": (
             lambda: httpx.post(f"{server.url}/predict", files=[("files", (f"{i}.png", tiny, "image/png"))
                                                                for i in range(MAX_FILES + 1)], timeout=30),
