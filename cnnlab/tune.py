@@ -76,6 +76,9 @@ class TuneResult:
     status: str  # completed | interrupted | timeout
 
 
+MAX_FAILED_IN_A_ROW = 5  # trials failing one after another: the config, not the values, is at fault
+
+
 @dataclass
 class Search:
     """The checked inputs of a study: the config without its tune section, and what to search."""
@@ -337,6 +340,7 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
     _check_study_name(name)
     if workers < 1:
         raise CnnlabError(f"--workers {workers}: give 1 or more processes.")
+    data = _read_data(search)
     folder = Path(runs_dir) / name
     url = storage or default_storage(folder)
     _quiet_optuna()
@@ -352,13 +356,23 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
          f"{_finished(optuna_study)} of {search.tune.trials or 'unlimited'} trials finished; trials in {folder}/")
     helpers = _start_workers(workers - 1, config, overrides, trials, timeout, url, name, runs_dir, device)
     try:
-        status = _search(search, optuna_study, folder, device, echo)
+        status = _search(search, optuna_study, folder, device, data, echo)
     finally:
         for helper in helpers:
             helper.wait()
     write_study_files(optuna_study, folder, search, echo)
     best = _best(optuna_study)
     return TuneResult(folder, name, shown(url), _finished(optuna_study), best, status)
+
+
+def _read_data(search: Search) -> dict:
+    """The data, read once before the study opens: a missing or bad data set is the config's mistake
+    (one line, exit 2, no folder), not a trial failing after trial. Trials reuse it (`Hooks.data`)."""
+    from cnnlab.data import load
+    from cnnlab.model import check_model
+
+    plan = check_model(search.cfg, str(search.source))
+    return {search.cfg.data.model_dump_json(): load(search.cfg.data, plan.data, None, where=str(search.source))}
 
 
 def _check_study_name(name: str) -> None:
@@ -384,7 +398,7 @@ def _start_workers(count: int, config, overrides, trials, timeout, url: str, nam
     return [subprocess.Popen(argv, env=env) for _ in range(count)]
 
 
-def _search(search: Search, study, folder: Path, device: str, echo: Echo) -> str:
+def _search(search: Search, study, folder: Path, device: str, data: dict, echo: Echo) -> str:
     """Ask, train, tell, until the study has its trials; one progress line per trial."""
     from optuna.trial import TrialState
 
@@ -392,11 +406,11 @@ def _search(search: Search, study, folder: Path, device: str, echo: Echo) -> str
 
     keras, _ = init_backend(device)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tf.function retracing: each trial is a new model
-    data: dict = {}
     tune = search.tune
     study.pruner = _pruner(tune, search.cfg.train.epochs)
     seed = search.cfg.seed if tune.seed is None else tune.seed
     started = time.monotonic()
+    failed_in_a_row: list[str] = []
     while True:
         if tune.timeout is not None and time.monotonic() - started >= tune.timeout:
             echo(f"timeout ({_seconds(tune.timeout)}) reached: no new trial started")
@@ -416,6 +430,13 @@ def _search(search: Search, study, folder: Path, device: str, echo: Echo) -> str
         write_trials_csv(study, folder)
         if state == "interrupted":
             return state
+        failed_in_a_row = failed_in_a_row + [trial.number] if state == "failed" else []
+        if len(failed_in_a_row) >= MAX_FAILED_IN_A_ROW:  # failed trials do not count: this would never end
+            error = trial.user_attrs.get("error", "see the lines above")
+            raise CnnlabError(
+                f"{search.source}: the last {MAX_FAILED_IN_A_ROW} trials ({', '.join(map(str, failed_in_a_row))}) "
+                f"all failed, so the search stops; the last one: {error}"
+            )
 
 
 def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, data: dict, echo: Echo) -> str:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cnnlab.cli import app
+from cnnlab.tune import MAX_FAILED_IN_A_ROW
 
 from conftest import DATA_DIR, REPO, free_port, needs_data
 
@@ -199,6 +200,9 @@ BAD = [
      ["--storage", f"postgresql+psycopg2://cnnlab:hunter2@127.0.0.1:{free_port()}/study"],
      ["--storage postgresql+psycopg2://cnnlab:***@127.0.0.1", "cannot open the study database"]),
     ("storage without a driver", lambda d: d, ["--storage", "nosuchdb://host/db"], ["--storage nosuchdb://", "cannot open"]),
+    # every trial would fail alike (and failed trials do not count): the data is read before the study opens
+    ("data set missing", _set("data.dir", "/nonexistent/datasets"), [],
+     ["mnist file not found: /nonexistent/datasets/mnist/train-images-idx3-ubyte.gz"]),
 ]
 
 
@@ -216,6 +220,19 @@ def test_bad_input_is_one_line_naming_the_key(runner, tmp_path, change, args, ex
         assert text in lines[0], lines[0]
     assert "hunter2" not in result.output  # never print a secret
     assert not (tmp_path / "runs").exists()  # nothing trained, no folder made
+
+
+@needs_data
+def test_trials_failing_one_after_another_stop_the_search(runner, tmp_path):
+    # units this large pass the schema but no trial can train them (too big for memory): without a
+    # stop, a study counting finished trials would ask for new trials forever
+    config = write(tmp_path / "huge.yaml", _space(**{"model.layers[1].units": {"choice": [10**10, 2 * 10**10]}}))
+    result = runner.invoke(app, ["tune", str(config), "--runs-dir", str(tmp_path / "runs"), "--trials", "20"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count(": failed: ") == MAX_FAILED_IN_A_ROW, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert f"the last {MAX_FAILED_IN_A_ROW} trials (0, 1, 2, 3, 4) all failed, so the search stops" in last, last
+    assert "parameters" in last and "memory" in last, last
 
 
 def test_the_cli_module_does_not_import_optuna_or_tensorflow():
