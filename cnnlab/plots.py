@@ -23,9 +23,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+SHORT_TITLE = 50  # characters of a title that fit a 6.4-inch figure at matplotlib's default size
+
+
+def _save(fig, path: Path, crop: bool = True) -> Path:
+    """Write `fig` as a PNG; `crop` trims (or widens) it to what is drawn, which costs a second draw."""
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight" if crop else None)
     _pyplot().close(fig)
     return path
 
@@ -66,8 +70,9 @@ def plot_history(rows: list[dict], out_dir: Path, title: str, monitor: str | Non
     the best epoch, the one best.keras holds, is a vertical line on every plot and a star
     on the monitored curve.
     """
-    written = [_save(history_figure(rows, name, title, monitor, mode), out_dir / f"{name}.png")
-               for name in history_metrics(rows)]
+    # with a title that fits the canvas (a tune trial's always does) each figure is drawn once, not twice
+    written = [_save(history_figure(rows, name, title, monitor, mode), out_dir / f"{name}.png",
+                     crop=len(f"{title}: {name}") > SHORT_TITLE) for name in history_metrics(rows)]
     epochs = [row["epoch"] for row in rows]
     rates = [row.get("learning_rate") for row in rows]
     if None not in rates and len(set(rates)) > 1:  # a schedule ran: `learning_rate.png`

@@ -417,8 +417,12 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         raise Diverged(_divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
 
     # The result line comes first, the curves and the TFLite copy (~1 s together) after it.
+    # the model that trained is scored with the best weights (its evaluate step is traced by the
+    # validation); multi_worker's model, outside Keras' fit, is scored as a fresh copy from disk
+    scored = None if dist is not None and dist.kind == "multi_worker" else model
     with step(f"scoring the best checkpoint on {_count(splits.x_test)} test samples", quiet):
-        metrics, best_model, probs = score_best(keras, run_dir, splits, cfg, plan.data.class_names)
+        metrics, probs = score_best(keras, run_dir, splits, cfg, plan.data.class_names, scored,
+                                    eager=not hooks.export_tflite)
     metrics.update(_training_summary(cfg, rows, seconds, len(splits.x_train)))
     echo(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
@@ -431,10 +435,11 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
     # The trained model and its optimizer state (3x the weights) are done with: freed now, their
     # memory is reused by the converter instead of adding to the run's peak.
-    del model, recorder, guard, callbacks
+    del model, scored, recorder, guard, callbacks
     gc.collect()
     if hooks.export_tflite:
         with step("exporting model.tflite for predict", quiet):
+            best_model = keras.saving.load_model(run_dir / rundir.BEST, compile=False)
             metrics.update(_export_for_predict(best_model, run_dir, splits, probs, say))
     if diverged is not None:
         metrics["diverged_at"] = diverged
@@ -931,26 +936,40 @@ def _csv_value(value) -> str:
     return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: tuple[str, ...]):
+def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: tuple[str, ...], trained=None,
+               eager: bool = False):
     """Test loss, accuracy (overall and per class) of the best checkpoint as saved on disk.
 
-    Returns the metrics, that model and its outputs on the test samples. The loss is
-    `evaluate`'s: a softmax's output tensor carries its logits, and Keras' losses compute from
-    those, which `predict`'s probabilities cannot (binary_crossentropy on a 2-unit softmax, as
-    the XOR MLP has, differs several-fold). Loaded without compiling, so the optimizer's state
-    (twice the weights) stays on disk; compiled with the loss only.
+    Returns the metrics and the model's outputs on the test samples. The loss is `evaluate`'s:
+    a softmax's output tensor carries its logits, and Keras' losses compute from those, which
+    `predict`'s probabilities cannot (binary_crossentropy on a 2-unit softmax, as the XOR MLP
+    has, differs several-fold). `trained`: the model that just trained, compiled with the
+    training loss; the checkpoint's weights are loaded into it, and its evaluate step, traced by
+    the validation at the same batch size, is reused (a fresh model traces it again: ~0.1 s a
+    tune trial). Without it the checkpoint is loaded without compiling, so the optimizer's state
+    (twice the weights) stays on disk, and compiled with the loss only. `eager`: the test
+    outputs come from eager calls instead of `predict`, whose function is not traced then; those
+    calls add ~10 MB to the peak of a run whose TFLite export follows (mnist_fast: 835 -> 845 MB).
     """
     best = run_dir / rundir.BEST
-    model = keras.saving.load_model(best, compile=False)
-    model.compile(loss=make_loss(keras, cfg.train.loss, cfg.one_hot_labels()))
+    if trained is not None:
+        model = trained
+        model.load_weights(best)
+    else:
+        model = keras.saving.load_model(best, compile=False)
+        model.compile(loss=make_loss(keras, cfg.train.loss, cfg.one_hot_labels()))
     batch = eval_batch(cfg)
-    loss = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0)
-    probs = model.predict(ordered_batches(splits.x_test, None, batch), verbose=0)
+    loss = model.evaluate(ordered_batches(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)["loss"]
+    if eager:  # no predict function to trace (~0.1 s a tune trial)
+        probs = np.concatenate([keras.ops.convert_to_numpy(model(x, training=False))
+                                for x in ordered_batches(splits.x_test, None, batch)])
+    else:
+        probs = model.predict(ordered_batches(splits.x_test, None, batch), verbose=0)
     right = class_predictions(probs, logits=cfg.train.loss.from_logits) == splits.labels_test
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
     return {"test_loss": float(loss), "test_accuracy": float(np.mean(right)),
-            "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, model, probs
+            "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, probs
 
 
 def eval_batch(cfg: Config) -> int:
