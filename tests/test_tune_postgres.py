@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REPO, free_port, needs_data
 from test_tune import tiny_study, trials_csv, write
