@@ -189,7 +189,7 @@ def export_model(target: str | Path, format: str, output: str | Path | None = No
         with _quiet():  # TensorFlow and tf2onnx print pages of details
             if format == "tflite":
                 try:
-                    export_tflite(model, written, sample)
+                    export_tflite(model, written, sample, expected=expected)
                 except ValueError as exc:  # it differs from Keras: said below, as for the other formats
                     raise CnnlabError(f"{target}: the tflite export failed its check: {exc}; nothing was written.") from None
             else:

@@ -192,6 +192,16 @@ def _rewrite_in_place(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
+def installed_version(package: str) -> str | None:
+    """The installed version of `package` (from its metadata, nothing imported); None when it is not installed."""
+    import importlib.metadata as md
+
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
 def this_process() -> dict:
     """What run.json records about the training process, so others can tell whether it still runs."""
     return {"pid": os.getpid(), "host": socket.gethostname()}

@@ -40,7 +40,6 @@ import socket
 import sys
 import time
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -73,7 +72,7 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         max_files: a multipart request with more images than this is refused with 400.
         log: called with one line per request (default: print to stderr).
     """
-    app = FastAPI(title="cnnlab", version=_version("cnnlab"),
+    app = FastAPI(title="cnnlab", version=rundir.installed_version("cnnlab"),
                   description=f"Predictions of {loaded.path} ({loaded.kind}).")
     described = describe_model(loaded)
     # Preparing an image is CPU work under the GIL: more of them at once than there are cores
@@ -165,17 +164,14 @@ def describe_model(loaded: LoadedModel) -> dict:
     run = loaded.run_dir
     metrics = _json_or_empty(run / rundir.METRICS) if run else {}
     environment = _json_or_empty(run / rundir.ENVIRONMENT) if run else {}
-    name = run.name if run else loaded.path.stem
-    if run and (run / rundir.CONFIG).exists():
-        import yaml
-
-        name = (yaml.safe_load((run / rundir.CONFIG).read_text()) or {}).get("name", name)
+    name = _json_or_empty(run / rundir.RUN).get("name", run.name) if run else loaded.path.stem
     return {
         "name": name, "model": str(loaded.path), "kind": loaded.kind, "dataset": loaded.dataset,
         "classes": list(loaded.class_names), "input_shape": list(loaded.input_shape),
         "preprocess": loaded.info.preprocess, "test_accuracy": metrics.get("test_accuracy"),
         "trained_with": environment,
-        "serving": {package: _version(package) for package in ("cnnlab", "ai-edge-litert", "fastapi", "uvicorn")},
+        "serving": {package: rundir.installed_version(package)
+                    for package in ("cnnlab", "ai-edge-litert", "fastapi", "uvicorn")},
     }
 
 
@@ -329,9 +325,3 @@ def _json_or_empty(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None

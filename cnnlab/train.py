@@ -748,14 +748,7 @@ def _start_up_lines_hidden(hide: bool) -> Iterator[None]:
 
 
 def environment(keras, device_name: str) -> dict:
-    import importlib.metadata as md
-
-    def version(package: str) -> str | None:
-        try:
-            return md.version(package)
-        except md.PackageNotFoundError:
-            return None
-
+    version = rundir.installed_version
     return {
         "python": sys.version.split()[0], "platform": platform.platform(),
         "cnnlab": version("cnnlab"), "keras": keras.__version__, "backend": keras.backend.backend(),
