@@ -360,11 +360,15 @@ def serve(
     port: Annotated[int, typer.Option(help="The TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", min=0.001, help="Refuse request bodies larger than this (HTTP 413).")] = 10.0,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Server processes sharing the port, each with its own model [default: one per core, at most 4].",
+        show_default=False)] = None,
 ) -> None:
     """Serve TARGET over HTTP: POST /predict, GET /health, /model, /docs, and a draw-a-digit page at /."""
     from cnnlab.serve import serve as serve_model
 
-    serve_model(target, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20), echo=typer.echo)
+    serve_model(target, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20), workers=workers,
+                echo=typer.echo)
 
 
 class ExportFormat(str, Enum):

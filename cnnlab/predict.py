@@ -122,7 +122,7 @@ def predict_files(loaded, files: list[Path | ImageBytes], top_k: int = 3, prepro
         batch, prepared = [], []
         for path in files[start:start + _BATCH]:
             try:
-                prepared.append(prepare_image(path, style, loaded.info.spec))
+                prepared.append(prepare_image(path, style, loaded.info.spec, as_read=explain_dir is not None))
                 batch.append(path)
             except CnnlabError as error:
                 if on_bad_image is None:

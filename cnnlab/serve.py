@@ -20,9 +20,13 @@ Every bad request gets a JSON error `{"detail": "..."}` with a 4xx status and th
 keeps serving: 400 empty body / too many files, 413 a body over `max_upload_bytes`
 (checked before and while it is read), 415 a content type that is no image, 422 an
 upload that is not an image, truncated, a decompression bomb (Pillow's limit) or blank,
-404 any other path (no route reads a file named by the request). LiteRT's interpreter
-is not thread-safe; `LiteModel` holds a lock around each call, so requests may run in
-parallel threads (as many as there are cores, the others queue in order). One line per request is logged (method, path, status, milliseconds).
+404 any other path (no route reads a file named by the request). One line per request
+is logged (method, path, status, milliseconds).
+
+Images are prepared and predicted by `cnnlab.serve_workers`: in worker processes, each
+with its own model, fed from one first-come-first-served queue (`--workers N`, default
+one per core), or with `--workers 1` in this process's threads (LiteRT's interpreter is
+not thread-safe: `LiteModel` holds a lock around each call).
 
 Example:
     app = create_app(load_checkpoint("runs/cnn-20261123-012542", fast=True))
@@ -31,8 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import signal
@@ -43,15 +45,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-import anyio
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint
 from cnnlab.errors import CnnlabError
-from cnnlab.predict import PREPROCESS_CHOICES, predict_files, preprocessing_for
-from cnnlab.preprocess import BlankImage, ImageBytes
+from cnnlab.predict import PREPROCESS_CHOICES, preprocessing_for
+from cnnlab.preprocess import ImageBytes
+from cnnlab.serve_workers import Processes, Refused, Threads, Workers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -63,7 +65,7 @@ _RAW_TYPES = ("image/", "application/octet-stream")
 
 
 def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_files: int = MAX_FILES,
-               log: Callable[[str], None] | None = None):
+               log: Callable[[str], None] | None = None, workers: "Workers | None" = None):
     """The FastAPI app serving `loaded` (see the module docstring for its routes).
 
     Args:
@@ -71,14 +73,12 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         max_upload_bytes: a request body larger than this is refused with 413.
         max_files: a multipart request with more images than this is refused with 400.
         log: called with one line per request (default: print to stderr).
+        workers: where images are prepared and predicted (default: `Threads(loaded)`, in this process).
     """
     app = FastAPI(title="cnnlab", version=rundir.installed_version("cnnlab"),
                   description=f"Predictions of {loaded.path} ({loaded.kind}).")
     described = describe_model(loaded)
-    # Preparing an image is CPU work under the GIL: more of them at once than there are cores
-    # only makes each slower. Requests wait their turn in order (the limiter is first come,
-    # first served), so a burst does not leave some of them waiting for seconds.
-    workers = anyio.CapacityLimiter(os.cpu_count() or 1)
+    workers = workers or Threads(loaded)
 
     @app.get("/health")
     def health() -> dict:
@@ -106,20 +106,9 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         """Predict the class of each uploaded image (multipart files, or one image as the raw body)."""
         images = await _received_images(request, max_files)
         try:
-            predictions = await anyio.to_thread.run_sync(predict_files, loaded, images, top_k, preprocess,
-                                                         limiter=workers)
-        except BlankImage as error:  # the command line's advice (--preprocess none) means nothing here
-            detail = error.advising("draw or upload a digit, or send preprocess=none to feed the image as it is")
-            raise HTTPException(status_code=422, detail=str(detail)) from None
-        except CnnlabError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from None
-        answers = []
-        for prediction in predictions:
-            answer = prediction.to_dict()
-            del answer["explanation"]
-            if seen:
-                answer["seen"] = png_data_url(prediction.seen)
-            answers.append(answer)
+            answers = await workers.answers(images, top_k, preprocess, seen)
+        except Refused as refused:
+            raise HTTPException(status_code=422, detail=refused.detail) from None
         return {"model": str(loaded.path), "preprocess": preprocessing_for(loaded.info, preprocess),
                 "predictions": answers}
 
@@ -175,61 +164,86 @@ def describe_model(loaded: LoadedModel) -> dict:
     }
 
 
-def png_data_url(seen) -> str:
-    """An image array (H, W[, C]) of grey levels 0..255 as a `data:image/png;base64,...` URL."""
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.clip(np.round(np.asarray(seen, dtype=np.float32)), 0, 255).astype(np.uint8)
-    if pixels.ndim == 3 and pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, echo: Callable[[str], None] = print) -> None:
-    """Load TARGET and serve it until Ctrl-C or SIGTERM (requests in flight are finished first)."""
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, workers: int | None = None,
+          echo: Callable[[str], None] = print) -> None:
+    """Load TARGET and serve it until Ctrl-C or SIGTERM (requests in flight are finished first).
+
+    Args:
+        workers: processes that prepare and predict the images, each with its own copy of the
+            model (default `default_workers()`: one per core, at most 4); this process then only
+            speaks HTTP. 1: all in this process, in one thread per core (preparing a photo holds
+            the GIL for part of its time, so threads share the cores less well than processes).
+    """
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise CnnlabError(f"--port {port}: must be between 0 and 65535.")
-    _check_address(host, port)  # before loading: uvicorn would log its own lines, then exit
-    loaded = load_checkpoint(target, fast=True)
-    if not loaded.info.is_image:
-        raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data set; "
-                          "serve predicts images.")
-    app = create_app(loaded, max_upload_bytes=max_upload_bytes)
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
-                            timeout_graceful_shutdown=30)
-    server = uvicorn.Server(config)
-    shown = f"[{host}]" if ":" in host else host
-    echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{port}  (API docs: /docs; Ctrl-C stops)")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise CnnlabError(f"--workers {workers}: must be at least 1.")
+    listener = _listen(host, port)  # before loading: uvicorn would log its own lines, then exit
+    pool = None
+    try:
+        if workers > 1:
+            pool = Processes(target, workers)  # they start loading while this process does
+        loaded = load_checkpoint(target, fast=True)  # a bad run fails here, with the command line's message
+        if not loaded.info.is_image:
+            raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data "
+                              "set; serve predicts images.")
+        if pool is not None:
+            pool.wait_loaded()
+        app = create_app(loaded, max_upload_bytes=max_upload_bytes, workers=pool or Threads(loaded))
+        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=30)
+        shown = f"[{host}]" if ":" in host else host
+        what = f"{workers} worker processes" if pool else "1 process"
+        echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{listener.getsockname()[1]} with {what}  "
+             "(API docs: /docs; Ctrl-C stops)")
+        _run_one(uvicorn.Server(config), listener)
+        echo("stopped")
+    finally:
+        if pool is not None:
+            pool.close()
+        listener.close()
+
+
+def default_workers() -> int:
+    """Worker processes `cnnlab serve` starts: one per core, at most 4 (each holds ~90 MB)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _run_one(server, listener: socket.socket) -> None:
+    """Serve in this process; SIGTERM, like Ctrl-C, stops it cleanly."""
     # uvicorn finishes the requests in flight on SIGINT/SIGTERM, then raises the signal again
-    # with the handlers it found: ours turns SIGTERM, like Ctrl-C, into a clean stop.
+    # with the handlers it found: ours turns SIGTERM into KeyboardInterrupt, as Ctrl-C is.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.run()
-    except SystemExit:  # uvicorn exits when it cannot bind the address
-        raise CnnlabError(f"--host {host} --port {port}: cannot listen there (in use, or not this machine's "
-                          "address); choose another --port.") from None
+        server.run(sockets=[listener])
     except KeyboardInterrupt:
-        echo("stopped")
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_address(host: str, port: int) -> None:
-    """A clear error now for an address this machine cannot listen on (in use, not its own, a privileged port)."""
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or one clear error (the address is in use, not this machine's, a privileged port).
+
+    It is made with `IPPROTO_TCP`, not the 0 uvicorn's own `bind_socket` leaves: asyncio's loop
+    (where uvloop is missing) turns on TCP_NODELAY only for accepted sockets that say TCP, and
+    without it a keep-alive request can wait ~40 ms for a delayed ACK (uvicorn issue #3149).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise CnnlabError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose "
-                              "another --port, or a --host that is this machine's address.") from None
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: restart at once
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        raise CnnlabError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose "
+                          "another --port, or a --host that is this machine's address.") from None
+    listener.set_inheritable(True)
+    return listener
 
 
 def _interrupt(signum, frame):

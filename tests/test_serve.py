@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -211,15 +212,53 @@ def test_one_log_line_per_request_and_the_address_printed(server):
     assert "Traceback" not in log
 
 
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants (Linux /proc)."""
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        children += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    return [pid] + [p for child in children for p in _process_tree(child)]
+
+
 def test_ready_fast_and_no_tensorflow_in_the_server(served_run, tmp_path):
     # the server answers /health without TensorFlow: LiteRT only (the speed target is in bench/)
-    probe = Server(served_run, tmp_path / "serve.log")
+    probe = Server(served_run, tmp_path / "serve.log", "--workers", "2")
     try:
-        pid = probe.process.pid
-        maps = open(f"/proc/{pid}/maps").read()
-        assert "_pywrap_tensorflow" not in maps and "libtensorflow_framework" not in maps
+        tree = _process_tree(probe.process.pid)
+        workers = [pid for pid in tree[1:] if "multiprocessing" in open(f"/proc/{pid}/cmdline").read()]
+        assert len(workers) >= 2  # the two workers (spawn may add its resource tracker)
+        for pid in tree:
+            maps = open(f"/proc/{pid}/maps").read()
+            assert "_pywrap_tensorflow" not in maps and "libtensorflow_framework" not in maps
     finally:
         assert probe.stop() == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in tree if _alive(pid)]  # no worker outlives the server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_one_process_serves_the_same_answers(served_run, tmp_path):
+    """--workers 1: no worker processes, images prepared in this process's threads; the same answers."""
+    digits = _digits()[::20]
+    alone = predict_files(load_checkpoint(served_run, fast=True), [path for path, _ in digits])
+    single = Server(served_run, tmp_path / "serve.log", "--workers", "1")
+    try:
+        assert _process_tree(single.process.pid) == [single.process.pid]
+        for (path, _), expected in zip(digits, alone):
+            answer = _post_image(single, path.read_bytes()).json()["predictions"][0]
+            assert answer["class"] == expected.label
+        assert _post_image(single, b"not an image").status_code == 422
+        assert "with 1 process" in single.log().splitlines()[0]
+    finally:
+        assert single.stop() == 0
 
 
 def test_sigterm_finishes_the_request_in_flight(served_run, tmp_path):
