@@ -33,13 +33,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
 
@@ -99,13 +100,17 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
-                if draft_size is not None:
-                    image.draft(image.mode, draft_size)
-                elif max(image.size) > max_side:
-                    image.draft("RGB", (max_side, max_side))  # JPEG decodes at a fraction of the size
-                image.load()
-                image = ImageOps.exif_transpose(image) if _rotated(image) else image
+            with Image.open(stream) as image:  # the header only: the bomb limit is checked here
+                decoded = _vips_png(image, source)
+                if decoded is not None:
+                    image = decoded
+                else:
+                    if draft_size is not None:
+                        image.draft(image.mode, draft_size)
+                    elif max(image.size) > max_side:
+                        image.draft("RGB", (max_side, max_side))  # JPEG decodes at a fraction of the size
+                    image.load()
+                    image = ImageOps.exif_transpose(image) if _rotated(image) else image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise CnnlabError(
             f"{path}: the image is too large to open safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
@@ -127,6 +132,47 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
     if factor > 1:
         image = image.reduce(factor)  # each pixel the mean of a factor x factor block: thin strokes stay
     return image
+
+
+def _vips_png(header: Image.Image, source: Path | ImageBytes) -> Image.Image | None:
+    """The pixels of an ordinary PNG decoded by libvips, or None where Pillow should decode it.
+
+    libvips inflates a PNG 2-3x faster than Pillow (zlib-ng's inflate against its own
+    libspng build): 2.4 ms instead of 6.1 for the benchmark's 806x837 RGBA photo, most of
+    what a served photo costs. The pixels are the same (PNG is lossless: checked on every
+    ../shared/digits image). Only 8-bit grey or RGB, with or without alpha, and without a
+    tRNS transparent colour or an EXIF turn; anything else, and any PNG libvips finds the
+    least fault with (truncated, corrupt), is left to Pillow, whose checks and messages apply.
+    """
+    if header.format != "PNG" or header.mode not in ("L", "LA", "RGB", "RGBA") or "transparency" in header.info:
+        return None
+    pyvips = _pyvips()
+    if pyvips is None:
+        return None
+    try:
+        if isinstance(source, ImageBytes):
+            vips = pyvips.Image.new_from_buffer(source.data, "", access="sequential", fail_on="warning")
+        else:
+            vips = pyvips.Image.new_from_file(str(source), access="sequential", fail_on="warning")
+        if ((vips.width, vips.height) != header.size or vips.bands != len(header.mode) or vips.format != "uchar"
+                or (vips.get_typeof("orientation") and vips.get("orientation") != 1)):
+            return None
+        pixels = vips.write_to_memory()
+    except pyvips.Error:
+        return None
+    return Image.frombuffer(header.mode, header.size, pixels, "raw", header.mode, 0, 1)
+
+
+@functools.cache
+def _pyvips():
+    """pyvips set up for one image at a time: no operation cache (no image is kept), one thread per image."""
+    try:
+        import pyvips
+    except (ImportError, OSError):  # libvips missing or broken: Pillow decodes everything
+        return None
+    pyvips.cache_set_max(0)
+    pyvips.concurrency_set(1)  # requests run side by side already; per image, threads only add overhead
+    return pyvips
 
 
 def _rotated(image: Image.Image) -> bool:
@@ -359,10 +405,24 @@ def _thicken(work: np.ndarray) -> np.ndarray:
     grow = int(round((target - width) / 2))
     if grow < 1:
         return work
-    pad = grow + 1
-    image = Image.fromarray(np.pad(work, pad).astype(np.uint8) * 255, "L")
-    image = image.filter(ImageFilter.MaxFilter(2 * grow + 1))
-    return np.asarray(image) > 0
+    return _dilate(np.pad(work, grow + 1), grow)
+
+
+def _dilate(mask: np.ndarray, grow: int) -> np.ndarray:
+    """Every pixel within `grow` (a square: a max filter of side 2 * grow + 1), rows then columns.
+
+    The same pixels as Pillow's MaxFilter (a test checks), in a tenth of its time: a square
+    is separable, so 2 x 2 * grow shifted ORs instead of (2 * grow + 1)^2 comparisons a pixel.
+    """
+    rows = mask.copy()
+    for shift in range(1, grow + 1):
+        rows[:, shift:] |= mask[:, :-shift]
+        rows[:, :-shift] |= mask[:, shift:]
+    out = rows.copy()
+    for shift in range(1, grow + 1):
+        out[shift:] |= rows[:-shift]
+        out[:-shift] |= rows[shift:]
+    return out
 
 
 def _fitted(shape: tuple[int, int], scale: float) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from cnnlab.preprocess import (
     DIGIT_BOX, SIZE, fashion_style, gray_array, mnist_style, plain_resize, prepare_image,
 )
 
-from conftest import needs_data
+from conftest import SHARED, needs_data, needs_shared
 
 SHAPES = {  # strokes of a few digits, in a 100x100 design space
     "7": [[(10, 10), (80, 10), (35, 95)]],
@@ -261,3 +261,103 @@ def test_a_fashion_mnist_item_photographed_as_a_product_comes_back_as_in_the_dat
         page.paste(photo, (130, 50))
         matches.append(correlation(fashion_style(gray_array(page)), item.astype(np.float32)))
     assert np.median(matches) > 0.95 and np.mean(matches) > 0.9
+
+
+# --- the fast PNG decoder (libvips) must give Pillow's pixels, and leave the rest to Pillow --------
+
+
+def _pillow_pixels(source) -> np.ndarray:
+    with Image.open(source) as image:
+        image.load()
+        return np.asarray(image)
+
+
+@needs_shared
+def test_libvips_decodes_every_shared_digit_png_to_pillows_pixels():
+    from cnnlab.preprocess import _pyvips, _vips_png
+
+    assert _pyvips() is not None, "pyvips (a dependency) is not importable: every PNG falls back to Pillow"
+    pngs = sorted((SHARED / "digits").rglob("*.png"))
+    assert len(pngs) > 50
+    for path in pngs:
+        with Image.open(path) as header:
+            decoded = _vips_png(header, path)
+            assert decoded is not None, path  # all are ordinary 8-bit RGB/RGBA PNGs
+        np.testing.assert_array_equal(np.asarray(decoded), _pillow_pixels(path), err_msg=str(path))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_libvips_and_pillow_agree_on_each_png_kind_from_bytes_and_files(tmp_path, mode, interlace):
+    from cnnlab.preprocess import ImageBytes, _vips_png
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, size=(37, 53, len(mode)), dtype=np.uint8).squeeze()
+    path = tmp_path / "x.png"
+    if interlace:
+        _save_interlaced(pixels, mode, path)
+    else:
+        Image.fromarray(pixels, mode).save(path)
+    for source in (path, ImageBytes("x.png", path.read_bytes())):
+        with Image.open(path) as header:
+            decoded = _vips_png(header, source)
+        assert decoded is not None and decoded.mode == mode
+        np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
+def _save_interlaced(pixels: np.ndarray, mode: str, path) -> None:
+    """An Adam7-interlaced PNG (Pillow cannot write one): 8-bit, filter 0 on every row."""
+    colour_type = {"L": 0, "LA": 4, "RGB": 2, "RGBA": 6}[mode]
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, width, -1)
+    data = b""
+    for y0, x0, dy, dx in [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
+                           (1, 0, 2, 1)]:
+        part = rows[y0::dy, x0::dx]
+        if part.size:
+            data += b"".join(b"\x00" + row.tobytes() for row in part)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 1)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data))
+                     + chunk(b"IEND", b""))
+
+
+def test_pngs_libvips_does_not_take_go_to_pillow(tmp_path):
+    from cnnlab.preprocess import _vips_png
+
+    cases = {
+        "palette.png": Image.new("P", (20, 20), 3),
+        "sixteen-bit.png": Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)),
+        "transparent-colour.png": Image.new("RGB", (20, 20), (255, 255, 255)),
+        "photo.jpg": Image.new("RGB", (20, 20), (200, 10, 10)),
+    }
+    for name, image in cases.items():
+        options = {"transparency": (255, 255, 255)} if name.startswith("transparent") else {}
+        image.save(tmp_path / name, **options)
+        with Image.open(tmp_path / name) as header:
+            assert _vips_png(header, tmp_path / name) is None, name
+    whole = tmp_path / "whole.png"
+    draw_digit("7").save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with Image.open(cut) as header:
+        assert _vips_png(header, cut) is None  # libvips sees the truncation: Pillow gives the message
+    with pytest.raises(CnnlabError, match="cut.png: cannot read the image"):
+        prepare_image(cut)
+
+
+def test_separable_dilation_is_pillows_max_filter():
+    from PIL import ImageFilter
+
+    from cnnlab.preprocess import _dilate
+
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        height, width = rng.integers(3, 90, 2)
+        grow = int(rng.integers(1, 8))
+        mask = rng.random((height, width)) < rng.random() * 0.2
+        pillow = Image.fromarray(mask.astype(np.uint8) * 255, "L").filter(ImageFilter.MaxFilter(2 * grow + 1))
+        np.testing.assert_array_equal(_dilate(mask, grow), np.asarray(pillow) > 0)
