@@ -191,9 +191,10 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         if not loaded.info.is_image:
             raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data "
                               "set; serve predicts images.")
+        here = Threads(loaded)
         if pool is not None:
-            pool.wait_loaded()
-        app = create_app(loaded, max_upload_bytes=max_upload_bytes, workers=pool or Threads(loaded))
+            pool.meanwhile = here  # answers until the workers have loaded the model
+        app = create_app(loaded, max_upload_bytes=max_upload_bytes, workers=pool or here)
         config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=30)
         shown = f"[{host}]" if ":" in host else host
         what = f"{workers} worker processes" if pool else "1 process"

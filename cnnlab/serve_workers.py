@@ -83,38 +83,55 @@ class Processes(Workers):
 
     One queue feeds them all, first come first served, so a request never waits behind a busy
     worker while another is idle (uvicorn's own `--workers` pins each connection to the process
-    that accepted it); this process only speaks HTTP. They start loading at once;
-    `wait_loaded` returns when all have.
+    that accepted it); this process only speaks HTTP. The workers start at once and take
+    ~0.3 s longer than this process to be ready: until all have loaded the model, requests are
+    answered by `meanwhile` (this process's `Threads`), so the server is ready as soon as a
+    one-process server would be. If they never come up, `meanwhile` goes on answering.
     """
+
+    meanwhile: Workers | None = None
 
     def __init__(self, target: str | Path, count: int, timeout: float = 120):
         import multiprocessing
+        import threading
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")  # not fork: this process may hold threads
-        self.target, self.timeout = target, timeout
-        self._loaded = context.Barrier(count + 1)
+        self.up = threading.Event()
+        loaded = context.Barrier(count + 1)
         self.pool = ProcessPoolExecutor(count, mp_context=context, initializer=_load_in_worker,
-                                        initargs=(str(target), self._loaded, timeout))
-        self._started = [self.pool.submit(int) for _ in range(count)]  # the pool starts a process per waiting task
+                                        initargs=(str(target), loaded, timeout))
+        started = [self.pool.submit(int) for _ in range(count)]  # the pool starts a process per waiting task
 
-    def wait_loaded(self) -> None:
-        """Return once every worker has loaded the model."""
-        try:
-            self._loaded.wait(self.timeout)
-            for future in self._started:
-                future.result(self.timeout)
-        except Exception:
-            raise CnnlabError(f"{self.target}: the server's worker processes did not load the model within "
-                              f"{self.timeout:.0f} s.") from None
+        def watch() -> None:
+            try:
+                loaded.wait(timeout)
+                for future in started:
+                    future.result(timeout)
+            except Exception as exc:  # noqa: BLE001 (any failure: this process goes on answering)
+                _warn(f"warning: the {count} worker processes did not start ({type(exc).__name__}: "
+                                f"{exc}); this process answers every request.")
+            else:
+                self.up.set()
+
+        self.watcher = threading.Thread(target=watch, name="cnnlab-workers-up", daemon=True)
+        self.watcher.start()
 
     async def answers(self, images, top_k, preprocess, seen):
         import asyncio
 
+        if not self.up.is_set() and self.meanwhile is not None:
+            return await self.meanwhile.answers(images, top_k, preprocess, seen)
         return await asyncio.wrap_future(self.pool.submit(_answers_here, images, top_k, preprocess, seen))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 _WORKER_MODEL: LoadedModel | None = None  # in a `Processes` worker: its model
@@ -123,7 +140,11 @@ _WORKER_MODEL: LoadedModel | None = None  # in a `Processes` worker: its model
 def _load_in_worker(target: str, loaded, timeout: float) -> None:
     global _WORKER_MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops the workers
-    _WORKER_MODEL = load_checkpoint(target, fast=True)
+    try:
+        _WORKER_MODEL = load_checkpoint(target, fast=True)
+    except BaseException:
+        loaded.abort()  # the server stops waiting for the workers at once
+        raise
     loaded.wait(timeout)
 
 

@@ -343,3 +343,26 @@ def test_a_fashion_run_answers_with_class_names(tmp_path):
         assert answer["predictions"][0]["name"] == names[answer["predictions"][0]["class"]]
     finally:
         assert fashion.stop() == 0
+
+
+def test_worker_processes_that_cannot_start_leave_this_process_answering(served_run, tmp_path, capsys):
+    import asyncio
+
+    from cnnlab.preprocess import ImageBytes
+    from cnnlab.serve_workers import Processes, Threads
+
+    loaded = load_checkpoint(served_run, fast=True)
+    photo = _digits()[0][0]
+    expected = predict_files(loaded, [photo])[0].label
+    pool = Processes(tmp_path / "no-such-run", 2)  # each worker fails to load it
+    pool.meanwhile = Threads(loaded)
+    try:
+        answers = asyncio.run(pool.answers([ImageBytes(photo.name, photo.read_bytes())], 3, "auto", False))
+        assert answers[0]["class"] == expected
+        pool.watcher.join(60)
+        assert not pool.watcher.is_alive() and not pool.up.is_set()
+        assert "worker processes did not start" in capsys.readouterr().err
+        again = asyncio.run(pool.answers([ImageBytes(photo.name, photo.read_bytes())], 3, "auto", False))
+        assert again[0]["class"] == expected  # still answered, by this process
+    finally:
+        pool.close()
