@@ -185,14 +185,13 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     listener = _listen(host, port)  # before loading: uvicorn would log its own lines, then exit
     pool = None
     try:
-        if workers > 1:
-            pool = Processes(target, workers)  # they start loading while this process does
-        loaded = load_checkpoint(target, fast=True)  # a bad run fails here, with the command line's message
+        loaded = load_checkpoint(target, fast=True)  # a bad run fails here, once, with the command line's message
         if not loaded.info.is_image:
             raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data "
                               "set; serve predicts images.")
         here = Threads(loaded)
-        if pool is not None:
+        if workers > 1:
+            pool = Processes(target, workers)
             pool.meanwhile = here  # answers until the workers have loaded the model
         app = create_app(loaded, max_upload_bytes=max_upload_bytes, workers=pool or here)
         config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=30)
