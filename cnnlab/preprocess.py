@@ -326,9 +326,9 @@ def _clean(mask: np.ndarray, ink: np.ndarray) -> np.ndarray:
     labels, sizes = _components(weight > 0, weight)
     if not sizes:
         raise _Blank()
-    keep_ids = [i + 1 for i, size in enumerate(sizes) if size >= max(sizes) / 20]
-    keep = np.isin(labels, keep_ids)
-    keep = np.repeat(np.repeat(keep, cell, axis=0), cell, axis=1)[:height, :width]
+    kept = np.array([False] + [size >= max(sizes) / 20 for size in sizes])  # by label; 0 (no ink) is not kept
+    keep = kept[labels]
+    keep = np.repeat(np.repeat(keep, cell, axis=0), cell, axis=1)[:height, :width]  # back to pixels
     return mask & keep
 
 
@@ -336,16 +336,27 @@ def _components(grid: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, list[
     """8-connected pieces of `grid`: a label per cell (0 = none) and each piece's weight.
 
     Works on runs: the stretches of ink cells along each row (a stroke crosses a row a few
-    times), each joined by union-find with the runs of the row above that touch it, corners
-    included. A few hundred Python steps per image instead of one per ink cell (a photo's
-    digit covers thousands): this is most of the preprocessing time `cnnlab serve` pays.
+    times). The runs of the row above that touch a run, corners included, are found for all
+    runs at once (runs are sorted, so they are one range per run: two searchsorted), and
+    union-find joins each touching pair: a Python step per pair (a few hundred per photo)
+    instead of one per ink cell or per row.
     """
     rows, cols = grid.shape
-    edges = np.diff(np.pad(grid, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_row, run_start = np.nonzero(edges == 1)  # row-major: starts and ends pair up in order
-    run_end = np.nonzero(edges == -1)[1]  # exclusive
-    sums = np.pad(np.cumsum(weight, axis=1, dtype=np.float64), ((0, 0), (1, 0)))
-    run_weight = sums[run_row, run_end] - sums[run_row, run_start]
+    edges = np.diff(np.pad(grid, ((0, 0), (1, 1))).astype(np.int8), axis=1).ravel()  # rows x (cols + 1)
+    run_row, run_start = np.divmod(np.flatnonzero(edges == 1), cols + 1)  # row-major: starts, ends pair up
+    run_end = np.flatnonzero(edges == -1) - run_row * (cols + 1)  # exclusive
+    if len(run_row) == 0:
+        return np.zeros(grid.shape, dtype=np.int32), []
+    bounds = np.stack([run_row * cols + run_start, run_row * cols + run_end], axis=1).ravel()
+    run_weight = np.add.reduceat(np.append(weight.ravel().astype(np.float64), 0.0), bounds)[::2]
+    # run i of the row above touches run j if start_i <= end_j and start_j <= end_i (ends exclusive)
+    line = cols + 2  # a row's runs as one sorted line: row * line + column
+    above = (run_row - 1) * line
+    first = np.searchsorted(run_row * line + run_end, above + run_start, side="left")
+    stop = np.searchsorted(run_row * line + run_start, above + run_end, side="right")
+    touching = np.maximum(stop - first, 0)
+    pairs_here = np.repeat(np.arange(len(run_row)), touching)
+    pairs_above = np.repeat(first - np.cumsum(touching) + touching, touching) + np.arange(int(touching.sum()))
     parent = list(range(len(run_row)))
 
     def root(i: int) -> int:
@@ -354,28 +365,16 @@ def _components(grid: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, list[
             i = parent[i]
         return i
 
-    first = np.searchsorted(run_row, np.arange(rows + 1)).tolist()
-    starts, ends = run_start.tolist(), run_end.tolist()
-    for row in range(1, rows):
-        above, here = first[row - 1], first[row]
-        stop_above, stop_here = first[row], first[row + 1]
-        while above < stop_above and here < stop_here:
-            if starts[above] <= ends[here] and starts[here] <= ends[above]:  # overlap or touch diagonally
-                parent[root(here)] = root(above)
-            if ends[above] < ends[here]:
-                above += 1
-            else:
-                here += 1
-    labels = np.zeros(grid.shape, dtype=np.int32)
-    ids: dict[int, int] = {}
-    sizes: list[float] = []
-    for run, (row, start, end, mass) in enumerate(zip(run_row.tolist(), starts, ends, run_weight.tolist())):
-        label = ids.setdefault(root(run), len(ids) + 1)
-        if label > len(sizes):
-            sizes.append(0.0)
-        sizes[label - 1] += mass
-        labels[row, start:end] = label
-    return labels, sizes
+    for here, up in zip(pairs_here.tolist(), pairs_above.tolist()):
+        parent[root(here)] = root(up)
+    ids: dict[int, int] = {}  # a piece's number: in the order of its first run, from 1
+    run_label = np.array([ids.setdefault(root(run), len(ids) + 1) for run in range(len(parent))], dtype=np.int32)
+    sizes = np.bincount(run_label, weights=run_weight, minlength=len(ids) + 1)[1:].tolist()
+    lengths = run_end - run_start  # every cell of every run gets its run's label, at once
+    cells = np.repeat(run_row * cols + run_start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    labels = np.zeros(rows * cols, dtype=np.int32)
+    labels[cells] = np.repeat(run_label, lengths)
+    return labels.reshape(rows, cols), sizes
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:

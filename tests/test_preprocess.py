@@ -361,3 +361,38 @@ def test_separable_dilation_is_pillows_max_filter():
         mask = rng.random((height, width)) < rng.random() * 0.2
         pillow = Image.fromarray(mask.astype(np.uint8) * 255, "L").filter(ImageFilter.MaxFilter(2 * grow + 1))
         np.testing.assert_array_equal(_dilate(mask, grow), np.asarray(pillow) > 0)
+
+
+def _flood_fill_pieces(grid: np.ndarray) -> np.ndarray:
+    """8-connected pieces the slow, obvious way, numbered in raster order of their first cell."""
+    labels = np.zeros(grid.shape, dtype=np.int32)
+    count = 0
+    for start in zip(*np.nonzero(grid)):
+        if labels[start]:
+            continue
+        count += 1
+        labels[start] = count
+        todo = [start]
+        while todo:
+            y, x = todo.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < grid.shape[0] and 0 <= nx < grid.shape[1] and grid[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = count
+                        todo.append((ny, nx))
+    return labels
+
+
+def test_ink_pieces_are_the_8_connected_components_with_their_weights():
+    from cnnlab.preprocess import _components
+
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        height, width = rng.integers(1, 40, 2)
+        grid = rng.random((height, width)) < rng.random() * 0.7
+        weight = (rng.random((height, width)) * grid).astype(np.float32)
+        labels, sizes = _components(grid, weight)
+        expected = _flood_fill_pieces(grid)
+        np.testing.assert_array_equal(labels, expected)
+        assert sizes == pytest.approx([float(weight[expected == k].sum()) for k in range(1, expected.max() + 1)])
