@@ -44,6 +44,11 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
 
+# Pillow only warns about an image between its limit and twice that; here it is refused like the
+# larger ones (open_image turns both into one message). Set once for the process: a
+# `warnings.catch_warnings` block per image is not thread-safe (the server prepares images in threads).
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
 SIZE = 28  # the side of an MNIST image
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
 STROKE_RATIO = 0.14  # median MNIST stroke width / the digit's longer side (2.85 px / 20 px)
@@ -98,19 +103,17 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
             raise CnnlabError(f"{path}: is a folder, not an image file.")
         empty = path.stat().st_size == 0
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:  # the header only: the bomb limit is checked here
-                decoded = _vips_png(image, source)
-                if decoded is not None:
-                    image = decoded
-                else:
-                    if draft_size is not None:
-                        image.draft(image.mode, draft_size)
-                    elif max(image.size) > max_side:
-                        image.draft("RGB", (max_side, max_side))  # JPEG decodes at a fraction of the size
-                    image.load()
-                    image = ImageOps.exif_transpose(image) if _rotated(image) else image
+        with Image.open(stream) as image:  # the header only: the bomb limit is checked here
+            decoded = _vips_png(image, source)
+            if decoded is not None:
+                image = decoded
+            else:
+                if draft_size is not None:
+                    image.draft(image.mode, draft_size)
+                elif max(image.size) > max_side:
+                    image.draft("RGB", (max_side, max_side))  # JPEG decodes at a fraction of the size
+                image.load()
+                image = ImageOps.exif_transpose(image) if _rotated(image) else image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise CnnlabError(
             f"{path}: the image is too large to open safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels, "

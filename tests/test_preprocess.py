@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -195,6 +196,23 @@ def test_a_large_photo_works_and_a_decompression_bomb_is_refused(tmp_path):
     with pytest.raises(CnnlabError, match=r"bomb\.png: the image is too large to open safely"):
         prepare_image(tmp_path / "bomb.png")
     assert Image.MAX_IMAGE_PIXELS == limit  # the limit stays on
+
+    # between the limit and twice it, Pillow only warns: refused too, also from threads at once
+    (tmp_path / "half-bomb.png").write_bytes(_png_header(10000, int(limit * 1.5) // 10000))
+    digit = tmp_path / "digit.png"
+    draw_digit("7").save(digit)
+
+    def one(path):
+        try:
+            prepare_image(path)
+            return "ok"
+        except CnnlabError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, [tmp_path / "half-bomb.png", digit] * 16))
+    assert all(answer == "ok" for answer in answers[1::2])
+    assert all("half-bomb.png: the image is too large to open safely" in answer for answer in answers[::2])
 
 
 def test_missing_empty_and_non_image_files_are_errors_naming_the_file(tmp_path):
