@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,6 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
-
-# Pillow only warns about an image between its limit and twice that; here it is refused like the
-# larger ones (open_image turns both into one message). Set once for the process: a
-# `warnings.catch_warnings` block per image is not thread-safe (the server prepares images in threads).
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 SIZE = 28  # the side of an MNIST image
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
@@ -103,7 +99,7 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
             raise CnnlabError(f"{path}: is a folder, not an image file.")
         empty = path.stat().st_size == 0
     try:
-        with Image.open(stream) as image:  # the header only: the bomb limit is checked here
+        with _opened(stream) as image:  # the header only: the bomb limit is checked here
             decoded = _vips_png(image, source)
             if decoded is not None:
                 image = decoded
@@ -135,6 +131,21 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
     if factor > 1:
         image = image.reduce(factor)  # each pixel the mean of a factor x factor block: thin strokes stay
     return image
+
+
+_OPENING = threading.Lock()
+
+
+def _opened(stream) -> Image.Image:
+    """`Image.open` (the header only), with Pillow's bomb warning (between its limit and twice it) an error.
+
+    `warnings.catch_warnings` swaps the process's filter list and is not thread-safe; the server
+    prepares images in threads, so opening (a few microseconds) holds a lock: otherwise one
+    thread's exit could drop another's filter, and that image would be decoded.
+    """
+    with _OPENING, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(stream)
 
 
 def _vips_png(header: Image.Image, source: Path | ImageBytes) -> Image.Image | None:
