@@ -53,6 +53,14 @@ class Refused(Exception):
         self.detail = detail
 
 
+class Unavailable(Exception):
+    """The worker preparing a request stopped before it answered (HTTP 503: sending it again works)."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
 class Workers:
     """Where `POST /predict` prepares and predicts images: `Threads` or `Processes`."""
 
@@ -92,7 +100,8 @@ class Processes(Workers):
     The workers take ~0.3 s longer than this process to be ready: until all have loaded the
     model, requests are answered by `meanwhile` (this process's `Threads`), so the server is
     ready as soon as a one-process server would be. If they do not start, or all of them stop,
-    `meanwhile` answers every request; a worker that stops costs the request it had a 500.
+    `meanwhile` answers every request; a worker that stops costs only the request it was
+    preparing (`Unavailable`, a 503).
     """
 
     meanwhile: Workers | None = None
@@ -147,11 +156,7 @@ class Processes(Workers):
         if self._loop is not loop:
             self._attach(loop)
         future = loop.create_future()
-        request = pickle.dumps((images, top_k, preprocess, seen), protocol=pickle.HIGHEST_PROTOCOL)
-        if self._idle:
-            self._send(self._idle.popleft(), request, future)
-        else:
-            self._waiting.append((request, future))
+        self._dispatch(pickle.dumps((images, top_k, preprocess, seen), protocol=pickle.HIGHEST_PROTOCOL), future)
         ok, value = await future
         if ok is None:  # every worker stopped while this waited: this process answers
             return await self.answers(images, top_k, preprocess, seen)
@@ -174,14 +179,23 @@ class Processes(Workers):
                     self._loop.remove_reader(worker.pipe.fileno())
         self._loop = None
 
-    def _send(self, worker: "_Worker", request: bytes, future) -> None:
-        worker.future = future
-        try:
-            # An idle worker is waiting to read: the write is a copy even when it exceeds the pipe's
-            # buffer (a 10 MB upload, 64 files), so the event loop is not held up for long.
-            worker.pipe.send_bytes(request)
-        except OSError:
-            self._lost(worker)
+    def _dispatch(self, request: bytes, future) -> None:
+        """To an idle worker, or the queue; a worker found dead on the way is passed over."""
+        while self._idle:
+            worker = self._idle.popleft()
+            worker.future = future
+            try:
+                # An idle worker is waiting to read: the write is a copy even when it exceeds the pipe's
+                # buffer (a 10 MB upload, 64 files), so the event loop is not held up for long.
+                worker.pipe.send_bytes(request)
+                return
+            except OSError:  # it died while idle: the request was not sent, another worker takes it
+                worker.future = None
+                self._lost(worker)
+        if not self.up.is_set():
+            future.set_result((None, None))  # no worker left: this process answers
+        else:
+            self._waiting.append((request, future))
 
     def _answered(self, worker: "_Worker") -> None:
         try:
@@ -194,11 +208,11 @@ class Processes(Workers):
         self._next(worker)
 
     def _next(self, worker: "_Worker") -> None:
+        self._idle.append(worker)
         while self._waiting:
             request, future = self._waiting.popleft()
             if not future.done():
-                return self._send(worker, request, future)
-        self._idle.append(worker)
+                return self._dispatch(request, future)
 
     def _lost(self, worker: "_Worker") -> None:
         """A worker stopped (killed, crashed): its request fails; without workers, this process answers."""
@@ -211,8 +225,9 @@ class Processes(Workers):
             self._idle.remove(worker)
         worker.process.join(1)
         if worker.future is not None and not worker.future.done():
-            worker.future.set_result((False, RuntimeError(
-                f"a worker process stopped (exit code {worker.process.exitcode}) while preparing this request")))
+            worker.future.set_result((False, Unavailable(
+                f"a worker process stopped (exit code {worker.process.exitcode}) while preparing this request; "
+                "send it again.")))
         left = sum(w.alive for w in self._workers)
         _warn(f"warning: a worker process stopped (exit code {worker.process.exitcode}); {left} left"
               + ("" if left else "; this process answers every request") + ".")

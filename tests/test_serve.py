@@ -366,3 +366,32 @@ def test_worker_processes_that_cannot_start_leave_this_process_answering(served_
         assert again[0]["class"] == expected  # still answered, by this process
     finally:
         pool.close()
+
+
+def test_a_killed_worker_leaves_the_others_and_then_the_server_answering(served_run, tmp_path):
+    import signal
+
+    probe = Server(served_run, tmp_path / "serve.log", "--workers", "2")
+    photo = _digits()[0][0].read_bytes()
+    try:
+        expected = _post_image(probe, photo).json()["predictions"][0]["class"]
+        deadline = time.monotonic() + 30
+        while "multiprocessing" not in "".join(open(f"/proc/{pid}/cmdline").read()
+                                               for pid in _process_tree(probe.process.pid)[1:]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = [pid for pid in _process_tree(probe.process.pid)[1:]
+                   if "spawn_main" in open(f"/proc/{pid}/cmdline").read()
+                   and "resource_tracker" not in open(f"/proc/{pid}/cmdline").read()]
+        assert len(workers) == 2
+        time.sleep(1.5)  # both have loaded the model and serve
+        for number, worker in enumerate(workers, 1):
+            os.kill(worker, signal.SIGKILL)
+            time.sleep(0.2)
+            for _ in range(6):  # none was in that worker: none is lost (one sent to its pipe goes elsewhere)
+                answer = _post_image(probe, photo)
+                assert answer.status_code == 200 and answer.json()["predictions"][0]["class"] == expected
+            assert probe.log().count("a worker process stopped") == number
+        assert "0 left; this process answers every request" in probe.log()
+    finally:
+        assert probe.stop() == 0
