@@ -53,7 +53,7 @@ from cnnlab.checkpoint import LoadedModel, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import PREPROCESS_CHOICES, preprocessing_for
 from cnnlab.preprocess import ImageBytes
-from cnnlab.serve_workers import Processes, Refused, Threads, Unavailable, Workers
+from cnnlab.serve_workers import Processes, Refused, Threads, Workers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -108,9 +108,7 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         try:
             answers = await workers.answers(images, top_k, preprocess, seen)
         except Refused as refused:
-            raise HTTPException(status_code=422, detail=refused.detail) from None
-        except Unavailable as unavailable:
-            raise HTTPException(status_code=503, detail=unavailable.detail) from None
+            raise HTTPException(status_code=refused.status, detail=refused.detail) from None
         return {"model": str(loaded.path), "preprocess": preprocessing_for(loaded.info, preprocess),
                 "predictions": answers}
 

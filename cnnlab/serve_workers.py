@@ -46,19 +46,15 @@ def answers_for(loaded: LoadedModel, images: list[ImageBytes], top_k: int, prepr
 
 
 class Refused(Exception):
-    """An upload the model cannot read (HTTP 422); only its message, so it crosses process boundaries."""
+    """A request the server cannot answer, with its HTTP status; only plain values, so it crosses processes.
 
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
+    422: an upload the model cannot read. 503: the worker preparing it stopped before it
+    answered (sending it again works).
+    """
 
-
-class Unavailable(Exception):
-    """The worker preparing a request stopped before it answered (HTTP 503: sending it again works)."""
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
+    def __init__(self, detail: str, status: int = 422):
+        super().__init__(detail, status)
+        self.detail, self.status = detail, status
 
 
 class Workers:
@@ -101,7 +97,7 @@ class Processes(Workers):
     model, requests are answered by `meanwhile` (this process's `Threads`), so the server is
     ready as soon as a one-process server would be. If they do not start, or all of them stop,
     `meanwhile` answers every request; a worker that stops costs only the request it was
-    preparing (`Unavailable`, a 503).
+    preparing (`Refused` with a 503).
     """
 
     meanwhile: Workers | None = None
@@ -225,9 +221,9 @@ class Processes(Workers):
             self._idle.remove(worker)
         worker.process.join(1)
         if worker.future is not None and not worker.future.done():
-            worker.future.set_result((False, Unavailable(
+            worker.future.set_result((False, Refused(
                 f"a worker process stopped (exit code {worker.process.exitcode}) while preparing this request; "
-                "send it again.")))
+                "send it again.", status=503)))
         left = sum(w.alive for w in self._workers)
         _warn(f"warning: a worker process stopped (exit code {worker.process.exitcode}); {left} left"
               + ("" if left else "; this process answers every request") + ".")
