@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import ExifTags, Image, ImageDraw
 
 from cnnlab.data import load_raw
 from cnnlab.errors import CnnlabError
@@ -281,7 +282,7 @@ def test_a_fashion_mnist_item_photographed_as_a_product_comes_back_as_in_the_dat
     assert np.median(matches) > 0.95 and np.mean(matches) > 0.9
 
 
-# --- the fast PNG decoder (libvips) must give Pillow's pixels, and leave the rest to Pillow --------
+# --- the fast PNG decoders (Wuffs, libvips) must give Pillow's pixels, and leave the rest to Pillow ------
 
 
 def _pillow_pixels(source) -> np.ndarray:
@@ -290,24 +291,35 @@ def _pillow_pixels(source) -> np.ndarray:
         return np.asarray(image)
 
 
-@needs_shared
-def test_libvips_decodes_every_shared_digit_png_to_pillows_pixels():
-    from cnnlab.preprocess import _pyvips, _vips_png
+def _decoders():
+    from cnnlab.preprocess import _pyvips, _pywuffs, _vips_png, _wuffs_png
 
-    assert _pyvips() is not None, "pyvips (a dependency) is not importable: every PNG falls back to Pillow"
+    # both are installed by `make install` (Wuffs: the fast-png extra): a missing one is a failure, not a skip
+    assert _pywuffs() is not None, "pywuffs (the fast-png extra) is not importable: PNGs fall back to libvips"
+    assert _pyvips() is not None, "pyvips (a dependency) is not importable: PNGs fall back to Pillow"
+    return {"wuffs": _wuffs_png, "libvips": _vips_png}
+
+
+@pytest.fixture(params=["wuffs", "libvips"])
+def decode_png(request):
+    return _decoders()[request.param]
+
+
+@needs_shared
+def test_fast_decoders_give_pillows_pixels_for_every_shared_digit_png(decode_png):
     pngs = sorted((SHARED / "digits").rglob("*.png"))
     assert len(pngs) > 50
     for path in pngs:
         with Image.open(path) as header:
-            decoded = _vips_png(header, path)
+            decoded = decode_png(header, path)
             assert decoded is not None, path  # all are ordinary 8-bit RGB/RGBA PNGs
         np.testing.assert_array_equal(np.asarray(decoded), _pillow_pixels(path), err_msg=str(path))
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
 @pytest.mark.parametrize("interlace", [False, True])
-def test_libvips_and_pillow_agree_on_each_png_kind_from_bytes_and_files(tmp_path, mode, interlace):
-    from cnnlab.preprocess import ImageBytes, _vips_png
+def test_fast_decoders_and_pillow_agree_on_each_png_kind_from_bytes_and_files(tmp_path, mode, interlace, decode_png):
+    from cnnlab.preprocess import ImageBytes
 
     rng = np.random.default_rng(7)
     pixels = rng.integers(0, 256, size=(37, 53, len(mode)), dtype=np.uint8).squeeze()
@@ -318,9 +330,28 @@ def test_libvips_and_pillow_agree_on_each_png_kind_from_bytes_and_files(tmp_path
         Image.fromarray(pixels, mode).save(path)
     for source in (path, ImageBytes("x.png", path.read_bytes())):
         with Image.open(path) as header:
-            decoded = _vips_png(header, source)
+            decoded = decode_png(header, source)
         assert decoded is not None and decoded.mode == mode
         np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
+def test_pngs_are_decoded_by_wuffs_first(monkeypatch):
+    from cnnlab import preprocess
+
+    _decoders()
+    used, wuffs = [], preprocess._wuffs_png
+    monkeypatch.setattr(preprocess, "_wuffs_png", lambda *args: used.append("wuffs") or wuffs(*args))
+    monkeypatch.setattr(preprocess, "_vips_png", lambda *args: used.append("libvips"))
+    drawn = draw_digit("7")
+    image = preprocess.open_image(preprocess.ImageBytes("7.png", _png_bytes(drawn)))
+    assert used == ["wuffs"]
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(drawn))
+
+
+def _png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
 
 
 def _save_interlaced(pixels: np.ndarray, mode: str, path) -> None:
@@ -343,26 +374,38 @@ def _save_interlaced(pixels: np.ndarray, mode: str, path) -> None:
                      + chunk(b"IEND", b""))
 
 
-def test_pngs_libvips_does_not_take_go_to_pillow(tmp_path):
-    from cnnlab.preprocess import _vips_png
+def test_pngs_the_fast_decoders_do_not_take_go_to_pillow(tmp_path, decode_png):
+    from cnnlab.preprocess import _fast_png
 
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # turned: Pillow applies it
     cases = {
-        "palette.png": Image.new("P", (20, 20), 3),
-        "sixteen-bit.png": Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)),
-        "transparent-colour.png": Image.new("RGB", (20, 20), (255, 255, 255)),
-        "photo.jpg": Image.new("RGB", (20, 20), (200, 10, 10)),
+        "palette.png": (Image.new("P", (20, 20), 3), {}),
+        "sixteen-bit.png": (Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), {}),
+        "transparent-colour.png": (Image.new("RGB", (20, 20), (255, 255, 255)), {"transparency": (255, 255, 255)}),
+        "photo.jpg": (Image.new("RGB", (20, 20), (200, 10, 10)), {}),
     }
-    for name, image in cases.items():
-        options = {"transparency": (255, 255, 255)} if name.startswith("transparent") else {}
+    for name, (image, options) in cases.items():
         image.save(tmp_path / name, **options)
         with Image.open(tmp_path / name) as header:
-            assert _vips_png(header, tmp_path / name) is None, name
+            assert _fast_png(header, tmp_path / name) is None, name
+    turned = tmp_path / "turned.png"
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(turned, exif=exif)
+    with Image.open(turned) as header:
+        assert decode_png(header, turned) is None
+    assert prepare_image(turned, "none")[0].size == (20, 30)  # Pillow turned it
     whole = tmp_path / "whole.png"
     draw_digit("7").save(whole)
+    data = whole.read_bytes()
     cut = tmp_path / "cut.png"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    with Image.open(cut) as header:
-        assert _vips_png(header, cut) is None  # libvips sees the truncation: Pillow gives the message
+    cut.write_bytes(data[: len(data) // 2])
+    bad_checksum = tmp_path / "bad-checksum.png"
+    at = data.index(b"IDAT")
+    length = int.from_bytes(data[at - 4:at], "big")
+    bad_checksum.write_bytes(data[:at + 4 + length] + bytes([data[at + 4 + length] ^ 0xFF]) + data[at + 5 + length:])
+    for broken in (cut, bad_checksum):
+        with Image.open(broken) as header:
+            assert decode_png(header, broken) is None, broken.name  # the decoder sees the fault: Pillow decides
     with pytest.raises(CnnlabError, match="cut.png: cannot read the image"):
         prepare_image(cut)
 
