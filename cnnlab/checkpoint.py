@@ -142,7 +142,7 @@ def _are_probabilities(values: np.ndarray) -> bool:
 
 
 def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float | None = None,
-                    unsafe: bool = False, fast: bool = False) -> LoadedModel:
+                    unsafe: bool = False, fast: bool = False, threads: int | None = None) -> LoadedModel:
     """Load TARGET (a run directory or a model file) ready to evaluate or predict.
 
     Args:
@@ -155,6 +155,9 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         fast: for a run directory, use the run's `model.tflite` (checked against Keras
             when training wrote it) when it is there and not older than `best.keras`:
             no TensorFlow import, a cold prediction in a fraction of a second.
+        threads: the threads of that TFLite model's interpreter (default: one per core). A
+            server's workers, each predicting one image beside the others, want 1: a second
+            thread only spins.
     """
     target = Path(target)
     if not target.exists():
@@ -177,7 +180,7 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         kind, loss = "cnnlab run", cfg.train.loss
         lite = run_dir / TFLITE
         if fast and lite.exists() and lite.stat().st_mtime >= path.stat().st_mtime:
-            model = LiteModel(lite)
+            model = LiteModel(lite, threads)
             return LoadedModel(
                 model=model, path=lite, kind="cnnlab run (TFLite copy of best.keras)", dataset=dataset,
                 scale=float(scale), input_shape=_fit_input(model, lite, info), loss=loss, run_dir=run_dir,

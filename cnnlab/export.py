@@ -75,15 +75,16 @@ class LiteModel:
     """A `.tflite` classifier with a Keras-like `predict` and `input_shape`.
 
     `predict` may be called from several threads (a server's): LiteRT's interpreter is
-    not thread-safe, so one call runs at a time.
+    not thread-safe, so one call runs at a time. `threads`: the interpreter's own (default:
+    one per core).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
         with _quiet():  # LiteRT announces its CPU delegate on stderr
-            self._interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._batch = None

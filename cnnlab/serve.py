@@ -53,7 +53,7 @@ from cnnlab.checkpoint import LoadedModel, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import PREPROCESS_CHOICES, preprocessing_for
 from cnnlab.preprocess import ImageBytes
-from cnnlab.serve_workers import Processes, Refused, Threads, Workers
+from cnnlab.serve_workers import Processes, Refused, Threads, Workers, keep_freed_memory
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -183,9 +183,11 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     if workers < 1:
         raise CnnlabError(f"--workers {workers}: must be at least 1.")
     listener = _listen(host, port)  # before loading: uvicorn would log its own lines, then exit
+    keep_freed_memory()  # (this process prepares images too: before the workers are up, or with --workers 1)
     pool = None
     try:
-        loaded = load_checkpoint(target, fast=True)  # a bad run fails here, once, with the command line's message
+        # a bad run fails here, once, with the command line's message
+        loaded = load_checkpoint(target, fast=True, threads=1)
         if not loaded.info.is_image:
             raise CnnlabError(f"{target}: the model was trained on {loaded.dataset}, which is not an image data "
                               "set; serve predicts images.")
