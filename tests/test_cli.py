@@ -127,8 +127,8 @@ def test_train_command_end_to_end(runner, write_config, tmp_path):
 
 
 def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
-    """TensorFlow prints absl's pre-init WARNING and the oneDNN notice (twice) while it loads; TF_CPP_MIN_LOG_LEVEL
-    does not reach them."""
+    """TensorFlow prints absl's pre-init WARNING (and, on some CPUs, the oneDNN notice twice) while it loads;
+    TF_CPP_MIN_LOG_LEVEL does not reach them."""
     env = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "CNNLAB_VERBOSE")}
     command = [sys.executable, "-m", "cnnlab", "summary", str(REPO / "configs" / "dnn.yaml")]
     quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -137,8 +137,9 @@ def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
     verbose = subprocess.run([*command[:3], "--verbose", *command[3:]], capture_output=True, text=True, env=env,
                              timeout=300)
     assert verbose.returncode == 0
+    # (absl's line comes on every machine; the oneDNN notice only where TensorFlow turns oneDNN on by
+    # default, CPUs with AVX-512 VNNI/BF16 or AMX: not on the AMD EPYC of 2026-12-02, so it is not asserted)
     assert "All log messages before absl::InitializeLog()" in verbose.stderr
-    assert "oneDNN custom operations are on" in verbose.stderr  # TensorFlow's x86 CPU build says it
 
 
 def test_set_help_says_how_to_append_a_layer(runner):
