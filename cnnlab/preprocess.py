@@ -379,9 +379,9 @@ def _clean(mask: np.ndarray, ink: np.ndarray) -> np.ndarray:
     labels, sizes = _components(weight > 0, weight)
     if not sizes:
         raise _Blank()
-    if min(sizes) >= max(sizes) / 20:  # every piece is kept (most often there is one): nothing to drop
-        return mask
     kept = np.array([False] + [size >= max(sizes) / 20 for size in sizes])  # by label; 0 (no ink) is not kept
+    if kept[1:].all():  # every piece is kept (most often there is one): nothing to drop
+        return mask
     keep = kept[labels]
     keep = np.repeat(np.repeat(keep, cell, axis=0), cell, axis=1)[:height, :width]  # back to pixels
     return mask & keep
