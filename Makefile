@@ -35,8 +35,12 @@ example-data: install
 test-system:
 	sh scripts/need-debian-packages $(DEBIAN_TEST_PACKAGES)
 
+# Two test processes (pytest-xdist): most tests wait on one core (a TensorFlow import, a
+# subprocess), so on CI's 2 cores the suite takes about half the time. TEST_JOBS=0 runs it in one.
+TEST_JOBS ?= 2
+
 test: install test-system
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal)
 
 # make bench: the speed benchmark of issue 6 into bench/RESULTS.md (~15-20 min on 2 cores;
 # run it on an otherwise idle machine). BENCH_ARGS=--quick checks the harness in minutes.

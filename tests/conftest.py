@@ -109,7 +109,7 @@ def tiny_cnn() -> dict:
 
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory) -> Path:
-    """A run directory of `tiny_cnn`, trained once per test session (with its model.tflite)."""
+    """A run directory of `tiny_cnn`, trained once per test process (with its model.tflite)."""
     if DATA_DIR is None:
         pytest.skip("real MNIST files not found")
     from cnnlab.config import validate_config
