@@ -77,11 +77,15 @@ class Hooks:
         data: a dict the caller keeps between runs: the data loaded for one `data:` section is
             reused by the next run with the same section, instead of being read again.
         export_tflite: False leaves model.tflite out (predict then runs the checkpoint with Keras).
+        stop: the caller's own `StopRequest`, entered around all its runs: a Ctrl-C that lands
+            between two fits (scoring, the caller's bookkeeping) is kept for it to see, and one
+            that lands before a fit stops that fit at its first batch.
     """
 
     callbacks: list = field(default_factory=list)
     data: dict | None = None
     export_tflite: bool = True
+    stop: StopRequest | None = None
 
 
 class Diverged(CnnlabError):
@@ -376,7 +380,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     say(summary)
 
-    stop = StopRequest()
+    stop = hooks.stop or StopRequest()
     guard = _divergence_guard(keras)
     recorder = _recorder_class(keras)(cfg, run_dir, rows, stop, say, guard)
     callbacks = [recorder, guard]
@@ -787,15 +791,19 @@ class StopRequest:
     recorder turns into KeyboardInterrupt at a batch boundary, in cnnlab's own code. A second
     signal raises at once, for a batch that never ends. A signal that was ignored when
     training started (SIG_IGN, as for a background job) stays ignored; on leaving, the
-    handlers found on entering are put back.
+    handlers found on entering are put back. It may be entered again inside itself (tune's
+    request around the study, then each trial's fit): only the outermost entry and exit touch
+    the handlers, and a request stays requested.
     """
 
     def __init__(self):
         self.requested = False
         self._previous: dict = {}
+        self._depth = 0
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():  # only it gets signals
             for sig in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(sig) == signal.SIG_IGN:
                     # Started with it ignored (`cnnlab train ... &` in a script, nohup): a Unix program
@@ -805,6 +813,9 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc_info):
+        self._depth -= 1
+        if self._depth:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()

@@ -400,18 +400,32 @@ def _start_workers(count: int, config, overrides, trials, timeout, url: str, nam
 
 def _search(search: Search, study, folder: Path, device: str, data: dict, echo: Echo) -> str:
     """Ask, train, tell, until the study has its trials; one progress line per trial."""
-    from optuna.trial import TrialState
-
-    from cnnlab.train import init_backend
+    from cnnlab.train import StopRequest, init_backend
 
     keras, _ = init_backend(device)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tf.function retracing: each trial is a new model
     tune = search.tune
     study.pruner = _pruner(tune, search.cfg.train.epochs)
     seed = search.cfg.seed if tune.seed is None else tune.seed
+    # One request for the whole study: a Ctrl-C inside a trial's fit stops that trial (marked
+    # failed, its run resumable); one between fits (scoring, Optuna's writes) lets the trial
+    # in hand finish and starts no other. Left to Python, the latter could be lost.
+    with StopRequest() as stop:
+        return _trials(search, study, folder, device, keras, data, echo, seed, stop)
+
+
+def _trials(search: Search, study, folder: Path, device: str, keras, data: dict, echo: Echo, seed: int,
+            stop) -> str:
+    """The loop of `_search`: its status is completed, timeout or interrupted."""
+    from optuna.trial import TrialState
+
+    tune = search.tune
     started = time.monotonic()
     failed_in_a_row: list[str] = []
     while True:
+        if stop.requested:
+            echo("interrupted between trials: no new trial started")
+            return "interrupted"
         if tune.timeout is not None and time.monotonic() - started >= tune.timeout:
             echo(f"timeout ({_seconds(tune.timeout)}) reached: no new trial started")
             return "timeout"
@@ -423,9 +437,9 @@ def _search(search: Search, study, folder: Path, device: str, data: dict, echo: 
         # study state) still draw different ones (TPE's own state is the study in the storage).
         study.sampler = _sampler(tune, seed + trial.number)
         try:
-            state = _run_trial(search, study, trial, folder, device, keras, data, echo)
-        except BaseException:  # Ctrl-C between epochs' files, or a bug: the trial never counts as complete
-            study.tell(trial, state=TrialState.FAIL)
+            state = _run_trial(search, study, trial, folder, device, keras, data, echo, stop)
+        except BaseException:  # a second Ctrl-C, or a bug: a trial not yet told never counts as complete
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
         write_trials_csv(study, folder)
         if state == "interrupted":
@@ -439,7 +453,8 @@ def _search(search: Search, study, folder: Path, device: str, data: dict, echo: 
             )
 
 
-def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, data: dict, echo: Echo) -> str:
+def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, data: dict, echo: Echo,
+               stop) -> str:
     """Train one trial into its run directory and tell Optuna how it ended (complete, pruned, failed)."""
     from optuna.trial import TrialState
 
@@ -457,7 +472,7 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
         pruning = _pruning_callback(keras, trial, tune.objective, cfg.train.epochs)
         # the data is read once for all trials; no model.tflite (predict runs a trial's best.keras with Keras)
         result = train(cfg, search.source, runs_dir=folder, device=device, echo=lambda line: None, quiet=True,
-                       hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False))
+                       hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False, stop=stop))
     except CnnlabError as exc:  # these values cannot train (diverged, too large for memory): the search goes on
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)

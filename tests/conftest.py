@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,19 @@ def server(served_run, tmp_path_factory):
     running = Server(served_run, tmp_path_factory.mktemp("server") / "serve.log", "--max-upload-mb", "1")
     yield running
     running.stop()
+
+
+@pytest.fixture
+def ctrl_c_works():
+    """SIGINT as in an interactive Python (the suite itself may have been started with it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+class SignalInDel:
+    """An object whose __del__ receives SIGINT, as TensorFlow's do when Ctrl-C lands during garbage collection."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, inside __del__

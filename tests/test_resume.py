@@ -20,7 +20,7 @@ from cnnlab.config import validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.train import StopRequest, resume, train
 
-from conftest import DATA_DIR, needs_data, small_dnn
+from conftest import DATA_DIR, SignalInDel, needs_data, small_dnn
 
 CNNLAB = [sys.executable, "-m", "cnnlab"]
 
@@ -32,14 +32,6 @@ def _as_in_a_terminal():
     keeps an ignored SIGINT ignored (as Unix programs do); these tests are about Ctrl-C.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-@pytest.fixture
-def ctrl_c_works():
-    """SIGINT as in an interactive Python (the suite itself may have been started with it ignored)."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
 
 
 def _config(tmp_path: Path) -> Path:
@@ -166,14 +158,6 @@ def test_a_kill_after_the_history_write_but_before_the_state_replays_that_epoch(
     assert result.metrics["test_accuracy"] == pytest.approx(reference.metrics["test_accuracy"], abs=0.005)
 
 
-class _SignalInDel:
-    """An object whose __del__ receives SIGINT, as TensorFlow's do when Ctrl-C lands during garbage collection."""
-
-    def __del__(self):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # the handler runs here, inside __del__
-
-
 @needs_data
 def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, monkeypatch, ctrl_c_works):
     """Python's own KeyboardInterrupt raised in a __del__ is printed and dropped: training went on."""
@@ -182,7 +166,7 @@ def test_ctrl_c_that_lands_inside_a_destructor_still_stops_the_run(tmp_path, mon
     class CtrlCDuringEpoch2(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if self.epoch == 1 and batch == 20:
-                _SignalInDel()  # made and collected at once
+                SignalInDel()  # made and collected at once
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch

@@ -17,7 +17,7 @@ import yaml
 from cnnlab.cli import app
 from cnnlab.tune import MAX_FAILED_IN_A_ROW
 
-from conftest import DATA_DIR, REPO, free_port, needs_data
+from conftest import DATA_DIR, REPO, SignalInDel, free_port, needs_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -288,7 +288,7 @@ def _wait_for_a_running_epoch(folder: Path, number: int, timeout: float) -> Path
 @needs_data
 def test_ctrl_c_marks_the_running_trial_failed(tmp_path):
     data = tiny_study(trials=2)
-    data["train"]["epochs"] = 8
+    data["train"]["epochs"] = 1000  # an epoch takes ~0.1 s: the Ctrl-C lands inside the fit, however late
     config = write(tmp_path / "tiny.yaml", data)
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -304,6 +304,29 @@ def test_ctrl_c_marks_the_running_trial_failed(tmp_path):
     assert process.returncode == 130, output
     assert "trial 0: interrupted, marked failed" in output and "run the same command again" in output
     assert [(row["number"], row["state"]) for row in trials_csv(runs / "tiny")] == [("0", "fail")]
+
+
+@needs_data
+def test_ctrl_c_between_two_trials_is_not_lost(tmp_path, monkeypatch, ctrl_c_works):
+    """Ctrl-C after a trial's fit (here: as its line is printed, inside a destructor, where Python's own
+    KeyboardInterrupt is dropped): that trial is kept complete, and no other starts."""
+    from cnnlab.tune import tune
+
+    monkeypatch.setenv("CNNLAB_DATA_DIR", str(DATA_DIR))
+    config = write(tmp_path / "tiny.yaml", tiny_study(trials=3))
+    said = []
+
+    def echo(line: str) -> None:
+        said.append(line)
+        if line.startswith("trial 0:"):
+            SignalInDel()
+
+    result = tune(config, runs_dir=tmp_path / "runs", echo=echo)
+    assert result.status == "interrupted", said
+    assert "interrupted between trials: no new trial started" in said, said
+    assert [row["state"] for row in trials_csv(tmp_path / "runs" / "tiny")] == ["complete"]
+    assert not list((tmp_path / "runs" / "tiny").glob("trial-001-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler it found is back
 
 
 @needs_data
