@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,10 @@ CNNLAB = Path(sys.executable).parent / "cnnlab"  # the console script, as a shel
 
 
 def test_shell_completion_completes_commands_and_options():
-    result = subprocess.run([CNNLAB, "--show-completion", "bash"], capture_output=True, text=True)
+    # Typer names the shell by the nearest shell among the 10 processes above cnnlab: here a bash,
+    # as for a user who types it, whatever started the suite (`; exit` stops bash replacing itself)
+    result = subprocess.run(["bash", "-c", f"{shlex.quote(str(CNNLAB))} --show-completion; exit $?"],
+                            capture_output=True, text=True)
     assert result.returncode == 0 and "_CNNLAB_COMPLETE=complete_bash" in result.stdout
     for words, cword, expected in (("cnnlab tr", "1", ["train"]), ("cnnlab compare --o", "2", ["--output"])):
         env = {**os.environ, "_CNNLAB_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
