@@ -395,3 +395,47 @@ def test_a_killed_worker_leaves_the_others_and_then_the_server_answering(served_
         assert "0 left; this process answers every request" in probe.log()
     finally:
         assert probe.stop() == 0
+
+
+def test_one_request_at_a_time_is_answered_here_and_a_crowd_by_the_workers(served_run):
+    import asyncio
+
+    from cnnlab.preprocess import ImageBytes
+    from cnnlab.serve_workers import QUIET_S, Processes, Threads
+
+    loaded = load_checkpoint(served_run, fast=True)
+    photos = [ImageBytes(path.name, path.read_bytes()) for path, _ in _digits(8)]
+    expected = [prediction.label for prediction in predict_files(loaded, photos)]
+
+    class Counted(Threads):
+        answered = 0
+
+        async def answers(self, *args):
+            Counted.answered += 1
+            return await super().answers(*args)
+
+    pool = Processes(served_run, 2)
+    pool.meanwhile = Counted(loaded)
+    try:
+        assert pool.up.wait(60), "the worker processes did not start"
+
+        async def one_by_one():
+            return [(await pool.answers([photo], 3, "auto", False))[0]["class"] for photo in photos]
+
+        async def all_at_once():
+            answers = await asyncio.gather(*(pool.answers([photo], 3, "auto", False) for photo in photos))
+            return [answer[0]["class"] for answer in answers]
+
+        assert asyncio.run(one_by_one()) == expected
+        assert Counted.answered == len(photos)  # no hop to a worker and back
+        Counted.answered = 0
+        assert asyncio.run(all_at_once()) == expected
+        assert Counted.answered <= 1  # the first, while nothing else was in flight; the rest went to workers
+        Counted.answered = 0
+        assert asyncio.run(one_by_one()) == expected
+        assert Counted.answered < len(photos)  # just after a crowd, the workers still answer ...
+        time.sleep(QUIET_S * 2)
+        assert asyncio.run(one_by_one()) == expected
+        assert Counted.answered >= len(photos)  # ... and once it is quiet again, this process does
+    finally:
+        pool.close()
