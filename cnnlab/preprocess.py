@@ -185,6 +185,8 @@ def _wuffs_png(header: Image.Image, source: Path | ImageBytes) -> Image.Image | 
     if decoded.error_message or decoded.reported_metadata or pixels.shape[1::-1] != header.size:
         return None
     image = Image.fromarray(pixels[..., 0] if header.mode == "L" else pixels, "L" if header.mode == "L" else None)
+    if header.mode == "RGBA":  # whether every alpha is 255: each pixel as one little-endian word, alpha on top
+        image.info[_OPAQUE] = int(pixels.view("<u4").min()) >= 0xFF000000  # (a third of `_opaque`'s time)
     return image.convert("LA") if header.mode == "LA" else image
 
 
@@ -258,8 +260,14 @@ def _eight_bit(image: Image.Image, grey: bool = False) -> Image.Image:
     return image.convert("L") if mode in ("RGB", "P", "1") else image.convert("RGB").convert("L")
 
 
+_OPAQUE = "cnnlab-opaque"  # `Image.info` key: whether every alpha is 255, where the decoder already knows
+
+
 def _opaque(image: Image.Image) -> bool:
     """Whether every pixel's alpha is 255 (NumPy's min: a fifth of the time of Pillow's getextrema)."""
+    known = image.info.get(_OPAQUE)
+    if known is not None:
+        return known
     return int(np.asarray(image.getchannel("A")).min()) == 255
 
 

@@ -348,6 +348,28 @@ def test_pngs_are_decoded_by_wuffs_first(monkeypatch):
     np.testing.assert_array_equal(np.asarray(image), np.asarray(drawn))
 
 
+@pytest.mark.parametrize("alpha", ["opaque", "one pixel at 254", "half transparent"])
+@pytest.mark.parametrize("grey", [True, False])
+def test_an_rgba_png_reads_as_pillow_alone_reads_it(monkeypatch, alpha, grey):
+    # Wuffs tells whether every alpha is 255 as it decodes: the composite over white must still
+    # happen exactly when one pixel is not opaque, as when Pillow decodes and checks
+    from cnnlab import preprocess
+
+    _decoders()
+    rgba = np.random.default_rng(3).integers(0, 256, size=(40, 30, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    if alpha == "one pixel at 254":
+        rgba[17, 9, 3] = 254
+    elif alpha == "half transparent":
+        rgba[:20, :, 3] = 0
+    data = preprocess.ImageBytes("x.png", _png_bytes(Image.fromarray(rgba, "RGBA")))
+    fast = np.asarray(preprocess.open_image(data, grey=grey))
+    monkeypatch.setattr(preprocess, "_fast_png", lambda *args: None)
+    np.testing.assert_array_equal(fast, np.asarray(preprocess.open_image(data, grey=grey)))
+    if alpha == "half transparent":  # composited: transparent pixels read as white paper
+        assert fast[:20].min() == 255 and fast[20:].min() < 255
+
+
 def _png_bytes(image: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", **options)
