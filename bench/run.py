@@ -423,9 +423,11 @@ def write_report(bench: Bench, path: Path, info: dict) -> None:
         f"- CPU: {m['cpu']}; {m['logical_cpus']} logical CPUs, {m['usable_cpus']} usable by this process"
         + (f"; cgroup cpu.max {m['cgroup_cpu_max']}" if m["cgroup_cpu_max"] else ""),
         f"- RAM: {m['ram_gib']} GiB; {m['platform']}",
-        f"- Load average (1 min) at start {info['load_start']:.2f}, at end {info['load_end']:.2f}"
-        + (" — **the machine was busy: other work inflates every figure**"
-           if max(info["load_start"], info["load_end"]) > 0.5 else " (idle)"),
+        # The end's average is mostly the benchmark's own last minute: only the start says whether
+        # other work was running.
+        f"- Load average (1 min) at start {info['load_start']:.2f}"
+        + (" — **the machine was busy: other work inflates every figure**" if info["load_start"] > 0.5 else " (idle)")
+        + f"; at end {info['load_end']:.2f} (the benchmark's own last minute)",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "", "## Targets", "",
         table([row for row in rows_of(results) if row.target.startswith(("<", ">"))], judge=not args.quick),
