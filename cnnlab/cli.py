@@ -414,7 +414,9 @@ def main() -> None:
         else:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            # Typer checks choices through pydantic, whose "Value error, " prefix says nothing to a user
+            message = exc.format_message().replace(": Value error, ", ": ")
+            typer.echo(f"error: {message}{hint}", err=True)
         code = exc.exit_code
     except typer.Abort:
         typer.echo("Aborted.", err=True)
