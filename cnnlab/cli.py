@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnnlab.errors import CnnlabError
+from cnnlab.runs import SORT_KEYS as RUNS_SORT_KEYS
 
 app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False,  # with --install-completion / --show-completion
@@ -392,6 +393,28 @@ def export(
     from cnnlab.export import export_model
 
     typer.echo(export_model(target, format.value, output=output, force=force).report())
+
+
+RunsSort = Enum("RunsSort", {key: key for key in RUNS_SORT_KEYS}, type=str)
+
+
+@app.command()
+@user_errors
+def runs(
+    folder: Annotated[Path, typer.Argument(help="The folder of run directories (train's --runs-dir).")] = Path("runs"),
+    sort: Annotated[RunsSort, typer.Option(
+        help="The column to sort by: started (newest first), best, test_accuracy, duration, epochs (largest first), "
+             "name, status, data.")] = RunsSort.started,
+    as_json: JsonOption = False,
+) -> None:
+    """List the runs under FOLDER (and its tuning studies): data, status, epochs, best value, test accuracy, time."""
+    from cnnlab.runs import format_table, list_runs
+
+    rows = list_runs(folder, sort=sort.value)
+    if as_json:
+        typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
+    else:
+        typer.echo(format_table(rows), nl=False)
 
 
 @contextlib.contextmanager
