@@ -111,10 +111,7 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
                 image.load()
                 image = ImageOps.exif_transpose(image) if _rotated(image) else image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CnnlabError(
-            f"{path}: the image is too large to open safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
-            "Pillow's decompression-bomb limit); shrink it first."
-        ) from None
+        raise too_large_to_open(path) from None
     except UnidentifiedImageError:
         what = "an empty file" if empty else "not an image Pillow can read"
         raise CnnlabError(f"{path}: is {what}; use a PNG, JPG, BMP or GIF file.") from None
@@ -131,6 +128,12 @@ def open_image(source: str | Path | ImageBytes, draft_size: tuple[int, int] | No
     if factor > 1:
         image = image.reduce(factor)  # each pixel the mean of a factor x factor block: thin strokes stay
     return image
+
+
+def too_large_to_open(path) -> CnnlabError:
+    """The error for an image whose header declares more pixels than Pillow's decompression-bomb limit."""
+    return CnnlabError(f"{path}: the image is too large to open safely (more than {Image.MAX_IMAGE_PIXELS:,} "
+                       "pixels, Pillow's decompression-bomb limit); shrink it first.")
 
 
 _OPENING = threading.Lock()

@@ -306,6 +306,54 @@ def test_own_data_mistakes(runner, tmp_path, make, words):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def _bmp_header(width: int, height: int) -> bytes:
+    """A BMP file that declares a size and holds no pixels."""
+    import struct
+
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def _bomb_first(tmp: Path, name: str = "circle/a-bomb.png", header: bytes | None = None, before: str | None = None,
+                split: bool = False) -> Path:
+    """A shapes folder whose first image (by name) declares 900 megapixels; `before` an unreadable file ahead of it."""
+    folder = _split_folders(tmp) if split else _shapes(tmp)
+    where = folder / "train" if split else folder
+    if before:
+        _write(where / before, "not an image")
+    return _write(where / name, header or _png_header(30000, 30000)) and folder
+
+
+def _bomb_csv(tmp: Path) -> Path:
+    _bomb_first(tmp)
+    return _csv(tmp, "file,label\nshapes/circle/a-bomb.png,a\nshapes/circle/circle001.png,a\nshapes/square/{square},b\n")
+
+
+# (id, makes the data set and returns (dataset, path), the bomb's name): the image size is left to be guessed
+BOMB_CASES = [
+    ("the first image of a folder", lambda t: ("folder", _bomb_first(t)), "circle/a-bomb.png"),
+    ("after an unreadable image", lambda t: ("folder", _bomb_first(t, before="circle/a-a.png")), "circle/a-bomb.png"),
+    ("a BMP header", lambda t: ("folder", _bomb_first(t, "circle/a-bomb.bmp", _bmp_header(30000, 30000))),
+     "circle/a-bomb.bmp"),
+    ("in a train/ folder", lambda t: ("folder", _bomb_first(t, split=True)), "train/circle/a-bomb.png"),
+    ("listed in a CSV file", lambda t: ("csv", _bomb_csv(t)), "circle/a-bomb.png"),
+]
+
+
+@pytest.mark.parametrize("make, bomb", [case[1:] for case in BOMB_CASES], ids=[case[0] for case in BOMB_CASES])
+def test_a_decompression_bomb_met_while_the_image_size_is_guessed(runner, tmp_path, make, bomb):
+    dataset, path = make(tmp_path)
+    data = shapes_config(Path(path))
+    data["data"].update(dataset=dataset)
+    for key in ("image_size", "color"):
+        data["data"].pop(key)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    _assert_user_error(runner, ["train", str(config), "--runs-dir", str(tmp_path / "runs")],
+                       [bomb, "too large to open safely", "decompression-bomb limit"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_config_is_a_directory(runner, tmp_path):
     _assert_user_error(runner, ["train", str(tmp_path)], ["is a directory"])
 

@@ -171,10 +171,14 @@ def _first_image_format(manifest: Manifest) -> tuple[tuple[int, int], str]:
     MAX_INFERRED_SIDE) and whether it is grey or colour, read from its header."""
     from PIL import Image
 
+    from cnnlab.preprocess import too_large_to_open
+
     for index in range(min(len(manifest.files), 20)):
         try:
             with Image.open(manifest.path(index)) as image:
                 (width, height), mode = image.size, image.mode
+        except Image.DecompressionBombError:  # not an OSError: it would end in a traceback
+            raise too_large_to_open(manifest.path(index)) from None
         except (OSError, SyntaxError, ValueError):
             continue
         shrink = min(1.0, MAX_INFERRED_SIDE / max(width, height))
