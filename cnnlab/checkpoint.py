@@ -582,23 +582,32 @@ def _check_output(model, path: Path, info: DatasetInfo) -> None:
         )
 
 
-def make_output_dir(path: str | Path, option: str) -> Path:
+def make_output_dir(path: str | Path, option: str, where: str | None = None) -> Path:
     """Create the folder results go to; a clear error where it cannot or must not be written.
 
-    A folder whose permissions allow no one to write (`r-xr-xr-x`, e.g. a shared,
-    read-only data folder) is refused even for root, who could write there anyway.
+    `where` begins each message (default: "OPTION PATH"). See `check_output_dir`.
     """
     path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise CnnlabError(f"{option} {path}: {existing} is a file, not a folder.")
-    if existing.exists() and not existing.stat().st_mode & 0o222:
-        raise CnnlabError(f"{option} {path}: {existing} is read-only; choose another folder.")
+    where = check_output_dir(path, where or f"{option} {path}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CnnlabError(f"{option} {path}: cannot create the folder ({exc.strerror}).") from None
+        raise CnnlabError(f"{where}: cannot create the folder ({exc.strerror}).") from None
     return path
 
+
+def check_output_dir(path: Path, where: str) -> str:
+    """Refuse a folder that cannot or must not be written, without creating anything; returns `where`.
+
+    A folder whose permissions allow no one to write (`r-xr-xr-x`, e.g. a shared,
+    read-only data folder, or /proc and /sys) is refused even for root, who could write
+    there anyway; so is a path under a regular file.
+    """
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise CnnlabError(f"{where}: {existing} is a file, not a folder.")
+    if existing.exists() and not existing.stat().st_mode & 0o222:
+        raise CnnlabError(f"{where}: {existing} is read-only; choose another folder.")
+    return where

@@ -387,7 +387,9 @@ def export(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write (default: <run>/export/saved_model, model.tflite or model.onnx).",
         show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace what is at the output path.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an earlier export at the output path (never anything cnnlab did not export).")
+    ] = False,
 ) -> None:
     """Export TARGET's model for another runtime, checked against Keras on its test images (within 1e-4)."""
     from cnnlab.export import export_model

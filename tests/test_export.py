@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -165,7 +167,8 @@ def test_export_writes_a_model_that_matches_keras_in_its_own_runtime(served_run,
     output = tmp_path / {"onnx": "cnn.onnx", "saved_model": "cnn_saved", "tflite": "cnn.tflite"}[format]
     result = runner.invoke(app, ["export", str(served_run), "--format", format, "-o", str(output)])
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(rf"wrote {re.escape(str(output))} \({format}\); on 256 test images its outputs differ from "
+    said_input = "" if format == "saved_model" else r"; input '[^']+' float32 \[batch, 28, 28, 1\]"
+    assert re.fullmatch(rf"wrote {re.escape(str(output))} \({format}{said_input}\); on 256 test images its outputs differ from "
                         r"Keras' by at most \S+ \(tolerance 0.0001\)\n", result.stdout)
     assert output.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     x = _test_images(served_run)
@@ -187,7 +190,7 @@ def test_export_defaults_into_the_run_and_refuses_to_overwrite(small_run, tmp_pa
     before = written.stat().st_mtime_ns
     again = runner.invoke(app, ["export", str(run), "--format", "onnx"])
     assert again.exit_code == 2 and again.stderr.count("\n") == 1
-    assert f"-o {written}: already exists; pass --force" in again.stderr
+    assert f"{written} (the default export path): already exists; pass --force" in again.stderr
     assert written.stat().st_mtime_ns == before
     forced = runner.invoke(app, ["export", str(run), "--format", "onnx", "--force"])
     assert forced.exit_code == 0 and written.stat().st_mtime_ns != before
@@ -211,3 +214,108 @@ def test_export_mistakes_are_one_line(small_run, tmp_path, runner):
     missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
     assert missing.exit_code == 2 and "no such run directory" in missing.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+# --- what --force may replace (issue 27: `-o DIR --force` deleted a user's folder) ----------------
+
+def _users_folder(tmp_path):
+    folder = tmp_path / "my_photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"not really a jpeg, but mine")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "todo.txt").write_text("keep me")
+    return folder
+
+
+def _snapshot(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else None) for p in path.rglob("*"))
+
+
+@needs_data
+@pytest.mark.parametrize("format", ["tflite", "onnx", "saved_model"])
+def test_force_never_deletes_a_users_folder(small_run, tmp_path, runner, format):
+    from cnnlab.cli import app
+
+    folder = _users_folder(tmp_path)
+    before = _snapshot(folder)
+    result = runner.invoke(app, ["export", str(small_run), "--format", format, "-o", str(folder), "--force"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"-o {folder}: is a folder" in result.stderr
+    assert _snapshot(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_photos"]  # no temporary left either
+
+
+@needs_data
+def test_force_never_replaces_a_special_or_foreign_file(small_run, tmp_path, runner):
+    """A pipe (a special file, as the device /dev/null is: replaced as root, the machine broke), a link, a user's file.
+
+    /dev/null itself is not tried: on a regression the test would break the machine running it."""
+    from cnnlab.cli import app
+
+    pipe = tmp_path / "pipe.tflite"
+    os.mkfifo(pipe)
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes, not a model")
+    link = tmp_path / "link.tflite"
+    link.symlink_to(notes)
+    cases = [(pipe, "tflite", "is a named pipe, not a file"), (notes, "onnx", "not a onnx model cnnlab exported"),
+             (link, "tflite", "is a symbolic link")]
+    for path, format, words in cases:
+        result = runner.invoke(app, ["export", str(small_run), "--format", format, "-o", str(path), "--force"])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert f"-o {path}: {words}" in result.stderr.replace(": is a file that is", ":")
+    assert stat.S_ISFIFO(pipe.lstat().st_mode) and link.is_symlink()
+    assert notes.read_text() == "my notes, not a model"
+
+
+@needs_data
+@pytest.mark.parametrize("format", ["tflite", "saved_model"])
+def test_force_replaces_an_earlier_export(small_run, tmp_path, runner, format):
+    from cnnlab.cli import app
+
+    output = tmp_path / ("m.tflite" if format == "tflite" else "saved")
+    first = runner.invoke(app, ["export", str(small_run), "--format", format, "-o", str(output)])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["export", str(small_run), "--format", format, "-o", str(output), "--force"])
+    assert again.exit_code == 0, again.output
+    if format == "saved_model":
+        meta = json.loads((output / "assets.extra" / "cnnlab.json").read_text())
+        assert json.loads(meta["class_names"]) == [str(d) for d in range(10)]
+        (output / "my_notes.txt").write_text("mine now")  # a folder holding a user's file is theirs
+        mine = runner.invoke(app, ["export", str(small_run), "--format", format, "-o", str(output), "--force"])
+        assert mine.exit_code == 2 and "holds my_notes.txt" in mine.stderr
+        assert (output / "my_notes.txt").read_text() == "mine now"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]
+
+
+@needs_data
+def test_onnx_export_carries_what_a_program_needs_to_feed_it(small_run, tmp_path, runner):
+    import onnxruntime
+
+    from cnnlab.cli import app
+
+    output = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", str(small_run), "--format", "onnx", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["class_names"]) == [str(d) for d in range(10)]
+    assert meta["input_scale"] == "255" and meta["preprocess"] == "mnist" and json.loads(meta["image_size"]) == [28, 28]
+    assert "divide pixels by 255" in meta["preprocessing"]
+    name = session.get_inputs()[0].name
+    assert f"(onnx; input {name!r} float32 [batch, 28, 28, 1])" in result.stdout
+
+
+@needs_data
+def test_export_without_o_names_the_default_path_not_an_option(small_run, tmp_path, runner):
+    import shutil
+
+    from cnnlab.cli import app
+
+    run = shutil.copytree(small_run, tmp_path / small_run.name)
+    (run / "export").mkdir()
+    (run / "export" / "model.tflite").write_text("a user's file")
+    result = runner.invoke(app, ["export", str(run), "--format", "tflite"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {run / 'export' / 'model.tflite'} (the default export path): ")
+    assert "-o " not in result.stderr.split(";")[0]
