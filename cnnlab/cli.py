@@ -287,6 +287,31 @@ UnsafeOption = Annotated[bool, typer.Option(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text (for scripts).")]
 
 
+@app.command("data")
+@user_errors
+def check_data(
+    target: Annotated[Path, typer.Argument(help="A config (its data section), a folder of class folders, a CSV "
+                                                "manifest, or a run directory (its recorded test split).")],
+    overrides: Overrides = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write a contact sheet per class, class_counts.png and audit.json here "
+                            "(default for a run: <run>/data_audit; else nothing written).", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a data set before training: counts, odd and unreadable files, duplicates, leaks between splits.
+
+    Exit code 2, with one line per problem on stderr, when something would make training fail or its test score wrong.
+    """
+    from cnnlab.data.audit import audit_data
+
+    result = audit_data(target, overrides or [], out=out, progress=_progress)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report(), nl=as_json)
+    for finding in result.blocking:
+        typer.echo(f"error: {finding.message}", err=True)
+    if result.blocking:
+        raise typer.Exit(2)
+
+
 @app.command()
 @user_errors
 def evaluate(

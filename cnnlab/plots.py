@@ -425,3 +425,22 @@ def plot_explanation(original, seen, probs, class_names: tuple[str, ...], path: 
     fig.suptitle(f"{title}: {class_names[best]} ({probs[best]:.1%})", fontsize=12, fontweight="bold")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_class_counts(counts: dict[str, dict[str, int]], path: Path, title: str) -> Path:
+    """Images per class as bars, training and test stacked, each bar labelled with its total."""
+    plt = _pyplot()
+    classes = list(counts["train"])
+    train = [counts["train"][name] for name in classes]
+    test = [counts["test"].get(name, 0) for name in classes]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(classes) + 2), 3.6))
+    ax.bar(classes, train, color="#4c72b0", label="train")
+    ax.bar(classes, test, bottom=train, color="#dd8452", label="test")
+    for k, total in enumerate(a + b for a, b in zip(train, test)):
+        ax.annotate(f"{total:,}", (k, total), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title(title if len(title) <= SHORT_TITLE else "..." + title[-SHORT_TITLE:], fontsize=10)
+    ax.legend(frameon=False)
+    if len(classes) > 8:
+        ax.tick_params(axis="x", labelrotation=60)
+    return _save(fig, path)

@@ -215,3 +215,39 @@ def _read_index(slot: Path) -> dict | None:
     if not isinstance(index, dict) or index.get("format") != FORMAT or not (slot / "images.npy").is_file():
         return None
     return index
+
+
+DIGESTS = "digests.npy"  # beside a cache entry's images.npy: one 64-bit pixel digest per row
+
+
+def row_digests(images: RowFile | np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    """A 64-bit BLAKE2 digest of each row's pixels: equal digests, the same decoded image.
+
+    A cache entry's digests are computed once and kept beside its images (a new entry starts
+    without them), so `train` and `cnnlab data` see exact duplicates without reading every row.
+    """
+    kept = Path(images.path).with_name(DIGESTS) if isinstance(images, RowFile) else None
+    if kept is not None:
+        try:
+            digests = np.load(kept)
+            if digests.shape == (len(images),):
+                return digests
+        except (OSError, ValueError):
+            pass
+    digests = np.empty(len(images), np.uint64)
+    bar = progress(len(images), f"hashing {len(images):,} images ...") if progress else nullcontext(lambda n: None)
+    with bar as update:
+        for start in range(0, len(images), _CHUNK):
+            rows = images[start:start + _CHUNK]
+            digests[start:start + len(rows)] = [
+                int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows]
+            update(len(rows))
+    if kept is not None:
+        from cnnlab.rundir import atomic_path
+
+        try:
+            with atomic_path(kept, ".npy") as tmp:
+                np.save(tmp, digests)
+        except (OSError, CnnlabError):  # a full disk too
+            pass  # a read-only cache only costs the next run this pass again
+    return digests

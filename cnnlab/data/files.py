@@ -48,6 +48,8 @@ class Manifest:
         classes: the class names, sorted (folder names, or the CSV's labels).
         is_test: per file, whether it belongs to the fixed test set; None when there is none
             (a test split is then taken, `cnnlab.data.splits`).
+        empty_folders: class folders that hold no image, relative to `source` ("test/wasps"):
+            only a lenient scan (`strict=False`, `cnnlab data`) keeps a training one.
     """
 
     source: Path
@@ -56,13 +58,19 @@ class Manifest:
     labels: np.ndarray
     classes: tuple[str, ...]
     is_test: np.ndarray | None
+    empty_folders: tuple[str, ...] = ()
 
     def path(self, index: int) -> Path:
         return self.root / self.files[index]
 
 
-def scan(dataset: str, path: str | None, where: str) -> Manifest:
-    """The manifest of a `folder` or `csv` data set at `path` (`where`: the config, for messages)."""
+def scan(dataset: str, path: str | None, where: str, strict: bool = True) -> Manifest:
+    """The manifest of a `folder` or `csv` data set at `path` (`where`: the config, for messages).
+
+    `strict=False` lists a folder that training would refuse, for `cnnlab data` to report on:
+    empty class folders are kept as classes without images, and the same picture filed under
+    two classes is left for the audit to find.
+    """
     if not path:
         example = "photos/" if dataset == "folder" else "labels.csv"
         raise CnnlabError(f"{where}: data.path: a {dataset} data set needs a path, e.g. data.path: {example}")
@@ -71,10 +79,10 @@ def scan(dataset: str, path: str | None, where: str) -> Manifest:
         raise CnnlabError(f"{where}: data.path: {source} does not exist.")
     if dataset == "csv":
         return scan_csv(source, where)
-    return scan_folder(source, where)
+    return scan_folder(source, where, strict)
 
 
-def scan_folder(folder: Path, where: str) -> Manifest:
+def scan_folder(folder: Path, where: str, strict: bool = True) -> Manifest:
     """Class folders under `folder` (or under its train/ and test/), and the images in each."""
     if not folder.is_dir():
         raise CnnlabError(
@@ -108,7 +116,7 @@ def scan_folder(folder: Path, where: str) -> Manifest:
         root = folder
         groups = [(name, name, files, False) for name, files in classes.items()]
     class_names = tuple(sorted({name for name, _, _, _ in groups}))
-    _check_classes(folder, {name: files for name, _, files, is_test in groups if not is_test})
+    _check_classes(folder, {name: files for name, _, files, is_test in groups if not is_test}, strict)
     index = {name: i for i, name in enumerate(class_names)}
     files, labels, is_test = [], [], []
     for name, prefix, found, test_part in groups:
@@ -116,10 +124,12 @@ def scan_folder(folder: Path, where: str) -> Manifest:
             files.append(f"{prefix}/{relative}")
             labels.append(index[name])
             is_test.append(test_part)
-    _check_duplicates(root, files, labels, class_names)
+    if strict:
+        _check_duplicates(root, files, labels, class_names)
     has_test = any(is_test)
     return Manifest(folder, root, files, np.array(labels, dtype=np.int64), class_names,
-                    np.array(is_test) if has_test else None)
+                    np.array(is_test) if has_test else None,
+                    empty_folders=tuple(prefix for _, prefix, found, _ in groups if not found))
 
 
 def _folders(folder: Path) -> list[Path]:
@@ -170,9 +180,9 @@ def _images_under(folder: Path, class_root: Path, ancestors: set[str]) -> list[s
     return found
 
 
-def _check_classes(folder: Path, classes: dict[str, list[str]]) -> None:
+def _check_classes(folder: Path, classes: dict[str, list[str]], strict: bool) -> None:
     empty = [name for name, files in classes.items() if not files]
-    if empty:
+    if empty and strict:
         where = folder / "train" if (folder / "train").is_dir() and (folder / "test").is_dir() else folder
         raise CnnlabError(
             f"{where / empty[0]}: the class folder holds no images ({', '.join(IMAGE_SUFFIXES)})"

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class ImageData:
         test: the rows of the test part, in a fixed order.
         files: a user's data set: each row's file, relative to data.path.
         skipped: files that could not be read and were left out (data.skip_bad_images).
+        unreadable: those files, each with why it cannot be read ("is an empty file").
         fixed_test: a user's data set came with its test set (test/ folder, split column).
     """
 
@@ -55,6 +56,7 @@ class ImageData:
     files: tuple[str, ...] | None = None
     skipped: tuple[str, ...] = ()
     fixed_test: bool = False
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def test_files(self) -> list[str] | None:
         return None if self.files is None else [self.files[i] for i in self.test]
@@ -123,10 +125,11 @@ class Splits:
     test_files: list[str] | None = None
 
 
-def describe(data, where: str = "the config") -> DatasetInfo:
+def describe(data, where: str = "the config", strict: bool = True) -> DatasetInfo:
     """What `data` (a config's data section) is: classes, image shape, sizes; without decoding images.
 
-    A user's folder or CSV is listed (not decoded) to find its classes and sizes.
+    A user's folder or CSV is listed (not decoded) to find its classes and sizes; `strict=False`
+    keeps what training refuses (an empty class folder) for `cnnlab data` to report.
     """
     if data.dataset in DATASETS:
         if data.path is not None:
@@ -143,7 +146,7 @@ def describe(data, where: str = "the config") -> DatasetInfo:
         spec = ImageSpec(*(data.image_size or (info.spec.height, info.spec.width)),
                          data.color or info.spec.color, data.interpolation)
         return _with_spec(info, spec, data)
-    manifest = scan(data.dataset, data.path, where)
+    manifest = scan(data.dataset, data.path, where, strict)
     size, color = data.image_size, data.color
     if size is None or color is None:
         first_size, first_color = _first_image_format(manifest)
@@ -246,7 +249,7 @@ def _load_own(data, info: DatasetInfo, progress: Progress | None, where: str) ->
     return ImageData(
         info, images, manifest.labels, train=train[: data.train_samples], test=test[: data.test_samples],
         files=tuple(manifest.files), skipped=tuple(manifest.files[i] for i in sorted(bad)),
-        fixed_test=manifest.is_test is not None,
+        fixed_test=manifest.is_test is not None, unreadable={manifest.files[i]: bad[i] for i in sorted(bad)},
     )
 
 
@@ -259,10 +262,11 @@ def _own_split(manifest: Manifest, good: np.ndarray, test_split, where: str) -> 
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(manifest.labels[rows], minlength=len(manifest.classes))
-    if counts.min() < 2:
-        name = manifest.classes[int(np.argmin(counts))]
+    listed = [i for i, name in enumerate(manifest.classes) if name not in manifest.empty_folders]  # lenient scan
+    if counts[listed].min() < 2:
+        name = manifest.classes[listed[int(np.argmin(counts[listed]))]]
         raise CnnlabError(
-            f"{manifest.source}: class {name!r} has {int(counts.min())} readable image(s); a stratified test "
+            f"{manifest.source}: class {name!r} has {int(counts[listed].min())} readable image(s); a stratified test "
             "split needs at least 2 per class (add images, or give a fixed test set: a test/ folder or a split column)."
         )
     try:
