@@ -1,4 +1,4 @@
-"""An HTTP API and a draw-a-digit page for a trained model: `cnnlab serve RUN`.
+"""An HTTP API and a page for a trained model: `cnnlab serve RUN`.
 
 The app predicts exactly as `cnnlab predict` does: the model is loaded by
 `cnnlab.checkpoint.load_checkpoint(fast=True)` (the run's `model.tflite` through LiteRT,
@@ -14,7 +14,8 @@ Routes:
   with names and probabilities.
 - `GET /health`, `GET /model` (name, classes, input shape, test accuracy, versions),
   `GET /docs` (FastAPI's OpenAPI page).
-- `GET /`: the draw-a-digit page (`cnnlab/serve_page/`: plain HTML, CSS and JS, no CDN).
+- `GET /`: the page (`cnnlab/serve_page/`: plain HTML, CSS and JS, no CDN), fitted to the model:
+  a canvas to draw on for a digit model, upload and the camera for a photo model.
 
 Every bad request gets a JSON error `{"detail": "..."}` with a 4xx status and the server
 keeps serving: 400 empty body / too many files, 413 a body over `max_upload_bytes`
