@@ -444,6 +444,19 @@ def runs(
         typer.echo(format_table(rows), nl=False)
 
 
+@app.command()
+@user_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory, or a tuning study's folder.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="The HTML file to write (default: <run>/report.html).", show_default=False)] = None,
+) -> None:
+    """Write RUN's report: one self-contained HTML page (results, curves, mistakes, data, config, environment)."""
+    from cnnlab.report import write_report
+
+    typer.echo(f"wrote {write_report(run, out=output)}")
+
+
 @contextlib.contextmanager
 def _progress(count: int, label: str):
     """A progress bar on stderr for many images; a no-op step for a few."""

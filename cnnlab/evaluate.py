@@ -159,24 +159,8 @@ def test_set(loaded: LoadedModel, progress=None) -> tuple[np.ndarray, np.ndarray
 
 def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
            loss: Loss, value: float) -> Evaluation:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    classes = list(range(len(loaded.class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0)
-    per_class = [
-        {"class": i, "name": loaded.class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
-         "f1": float(f1[i]), "support": int(support[i])}
-        for i in classes
-    ]
-    wrong = np.nonzero(predicted != labels)[0]
-    confidence = probs[wrong, predicted[wrong]] if probs.shape[-1] > 1 else np.abs(probs[wrong, 0] - 0.5) + 0.5
-    order = wrong[np.argsort(-confidence, kind="stable")]
-    sure = dict(zip(wrong.tolist(), confidence.tolist()))
-    mistakes = [
-        {"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]), "confidence": float(sure[int(i)])}
-        for i in order[:GALLERY_SIZE]
-    ]
+    per_class, confusion = class_scores(labels, predicted, loaded.class_names)
+    mistakes, total_wrong = confident_mistakes(labels, probs, predicted, GALLERY_SIZE)
     correct = int(np.sum(predicted == labels))
     penalty = _weight_penalty(loaded.model)
     options = [f"label_smoothing {loss.label_smoothing:g}"] if loss.label_smoothing else []
@@ -185,9 +169,45 @@ def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted
         loaded=loaded, samples=len(labels), loss=value,
         loss_name=loss.name, loss_as_trained=loaded.loss is not None, loss_options=", ".join(options),
         accuracy=correct / max(len(labels), 1), correct=correct, per_class=per_class,
-        confusion=confusion_matrix(labels, predicted, labels=classes), mistakes=mistakes,
-        total_wrong=len(wrong),
+        confusion=confusion, mistakes=mistakes, total_wrong=total_wrong,
     )
+
+
+def class_scores(labels: np.ndarray, predicted: np.ndarray, class_names) -> tuple[list[dict], np.ndarray]:
+    """Precision, recall, F1 and support of each class (0 where undefined, as scikit-learn's
+    zero_division=0), and the confusion matrix (rows: the true class).
+
+    Counted with NumPy: importing scikit-learn's metrics takes about a second, which `train`
+    would pay at the end of every run for its report.
+    """
+    count = len(class_names)
+    confusion = np.bincount(np.asarray(labels, np.int64) * count + np.asarray(predicted, np.int64),
+                            minlength=count * count).reshape(count, count)
+    right, support, answered = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(right, answered, out=np.zeros(count), where=answered > 0)
+    recall = np.divide(right, support, out=np.zeros(count), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros(count), where=total > 0)
+    per_class = [
+        {"class": i, "name": class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+         "f1": float(f1[i]), "support": int(support[i])}
+        for i in range(count)
+    ]
+    return per_class, confusion
+
+
+def confident_mistakes(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
+                       count: int) -> tuple[list[dict], int]:
+    """The `count` wrong answers the model was surest of (index, true, predicted, confidence), and how many were wrong."""
+    wrong = np.nonzero(predicted != labels)[0]
+    confidence = probs[wrong, predicted[wrong]] if probs.shape[-1] > 1 else np.abs(probs[wrong, 0] - 0.5) + 0.5
+    order = wrong[np.argsort(-confidence, kind="stable")]
+    sure = dict(zip(wrong.tolist(), confidence.tolist()))
+    mistakes = [
+        {"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]), "confidence": float(sure[int(i)])}
+        for i in order[:count]
+    ]
+    return mistakes, len(wrong)
 
 
 def _loss(loaded: LoadedModel, loss: Loss, x: np.ndarray, probs: np.ndarray, labels: np.ndarray,

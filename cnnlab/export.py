@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.rundir import atomic_path
+from cnnlab.rundir import atomic_path, update_json
 
 TFLITE = "model.tflite"
 TOLERANCE = 1e-4  # largest difference from Keras' probabilities that we accept
@@ -139,6 +139,7 @@ def _quiet():
 
 FORMATS = ("saved_model", "tflite", "onnx")
 EXPORT_DIR = "export"  # inside a run directory: where `cnnlab export` writes unless told otherwise
+EXPORTS_RECORD = f"{EXPORT_DIR}/exports.json"  # there: each format's last export and its measured difference
 _DEFAULT_NAMES = {"saved_model": "saved_model", "tflite": TFLITE, "onnx": "model.onnx"}
 _CHECK_SAMPLES = 256  # test images each export is compared with Keras on
 
@@ -222,6 +223,9 @@ def export_model(target: str | Path, format: str, output: str | Path | None = No
             _put_in_place(written, output, Path(tmp))
     except OSError as exc:
         raise CnnlabError(f"{label}: cannot be written ({exc.strerror or exc}).") from None
+    if target.is_dir():  # the run's report lists its exports with the differences measured here
+        update_json(target / EXPORTS_RECORD, **{format: {"path": str(output), "max_abs_diff": diff,
+                                                         "samples": len(sample)}})
     return Exported(path=output, format=format, max_abs_diff=diff, samples=len(sample),
                     input=_input_description(output, format))
 

@@ -6,13 +6,17 @@
                          the training process (pid, host) and the error of a failed run
       environment.json   Python, TensorFlow, Keras versions; the device trained on; `distribute`:
                          the tf.distribute strategy, replicas, workers, global batch (docs/SCALING.md)
-      data.json          the data: classes (names), image size and colour, scale, sample counts,
+      data.json          the data: classes (names), image size and colour, scale, sample counts
+                         (also per class and split: class_counts),
                          how predict prepares a picture, the test images of a user's data set
       summary.txt        Keras' layer table with output shapes and parameter counts
       best.keras         the best checkpoint (by train.checkpoint.monitor)
       history.csv/.json  one row per epoch: loss, metrics, val_*, learning rate, seconds
       loss.png, accuracy.png   train vs validation curves
       metrics.json       test loss and accuracy of best.keras, best epoch, timing
+      report.html        one self-contained page for people: results, curves, mistakes, data, config,
+                         environment, exports (cnnlab.report; `cnnlab report RUN` draws it again)
+      export/exports.json  each `cnnlab export` format's path and measured difference from Keras
       resume/state.keras model + optimizer after the last finished epoch (for --resume)
 
 run.json's status is one of

@@ -77,6 +77,7 @@ class Hooks:
         data: a dict the caller keeps between runs: the data loaded for one `data:` section is
             reused by the next run with the same section, instead of being read again.
         export_tflite: False leaves model.tflite out (predict then runs the checkpoint with Keras).
+        report: False leaves report.html out (a tuning study writes one page for all its trials).
         stop: the caller's own `StopRequest`, entered around all its runs: a Ctrl-C that lands
             between two fits (scoring, the caller's bookkeeping) is kept for it to see, and one
             that lands before a fit stops that fit at its first batch.
@@ -85,6 +86,7 @@ class Hooks:
     callbacks: list = field(default_factory=list)
     data: dict | None = None
     export_tflite: bool = True
+    report: bool = True
     stop: StopRequest | None = None
 
 
@@ -448,10 +450,17 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     if diverged is not None:
         metrics["diverged_at"] = diverged
     rundir.write_json(run_dir / rundir.METRICS, metrics)
+    from cnnlab.report import TestOutputs
+
+    outputs = TestOutputs(data.images if data.info.is_image else None, splits.labels_test, probs, splits.x_test.rows)
     if diverged is not None:
         _mark(run_dir, status="diverged", stopped=_now(), epochs_completed=len(rows), diverged_at=diverged)
+        if hooks.report:
+            _report(run_dir, outputs, say)
         raise Diverged(_divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
     rundir.update_json(run_dir / rundir.RUN, status="completed", finished=_now(), epochs_completed=len(rows))
+    if hooks.report:
+        _report(run_dir, outputs, say)
     _written(cfg, run_dir, say)
     return TrainResult(run_dir, "completed", metrics)
 
@@ -485,6 +494,7 @@ def _interrupted(cfg: Config, run_dir: Path, rows: list[dict], echo: Echo) -> Tr
         except rundir.DiskFull:
             pass  # the curves are a convenience; the run's own files matter more
     _mark(run_dir, status="interrupted", stopped=_now(), epochs_completed=len(rows))
+    _report(run_dir, None, echo)
     if (run_dir / rundir.RESUME_STATE).exists():
         kept = f"; {rundir.BEST} is kept" if (run_dir / rundir.BEST).exists() else ""
         echo(f"\ninterrupted after {len(rows)} finished epoch(s){kept}.")
@@ -493,6 +503,19 @@ def _interrupted(cfg: Config, run_dir: Path, rows: list[dict], echo: Echo) -> Tr
         echo("\ninterrupted before the first epoch finished: nothing was saved (no checkpoint, nothing to resume).")
         echo(f"delete {run_dir}, or train its config again: cnnlab train {shlex.quote(str(run_dir / rundir.CONFIG))}")
     return TrainResult(run_dir, "interrupted", {})
+
+
+def _report(run_dir: Path, outputs, say: Echo) -> None:
+    """report.html from the test outputs just computed (None: from the run's files only).
+
+    The page is for people: failing to draw it costs the run only the page, as model.tflite's export does.
+    """
+    from cnnlab.report import REPORT, write_report
+
+    try:
+        write_report(run_dir, outputs, predict=False)
+    except Exception as exc:  # noqa: BLE001 - the run's own files are all written by now
+        say(f"note: no {REPORT} written ({_first_line(exc)})")
 
 
 def _disk_full(exc: Exception, run_dir: Path, rows: list[dict]) -> CnnlabError:
@@ -544,7 +567,9 @@ def _written(cfg: Config, run_dir: Path, say: Echo) -> None:
     """The final lines: what the run directory now holds, and what to do next."""
     from cnnlab.export import TFLITE
 
-    names = [rundir.BEST, TFLITE, *sorted(p.name for p in run_dir.glob("*.png")), rundir.METRICS,
+    from cnnlab.report import REPORT
+
+    names = [rundir.BEST, TFLITE, REPORT, *sorted(p.name for p in run_dir.glob("*.png")), rundir.METRICS,
              rundir.HISTORY_CSV]
     say(f"written to {run_dir}/: {', '.join(name for name in names if (run_dir / name).exists())}")
     if cfg.train.tensorboard:

@@ -6,6 +6,7 @@
       trials.csv                    one row per trial: number, state, value, parameters, epochs, seconds, run
       best.yaml                     the best trial's config, without the tune section: `cnnlab train` takes it
       history.png, importances.png, slice.png, parallel.png, intermediate.png   the study's figures
+      report.html                   one page: the trials table, the best trial's config, the figures
 
 Trials run one after another in this process (TensorFlow is imported once; Keras' state is
 cleared between trials). Several processes, here (`workers`) or on other machines (one
@@ -472,7 +473,8 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
         pruning = _pruning_callback(keras, trial, tune.objective, cfg.train.epochs)
         # the data is read once for all trials; no model.tflite (predict runs a trial's best.keras with Keras)
         result = train(cfg, search.source, runs_dir=folder, device=device, echo=lambda line: None, quiet=True,
-                       hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False, stop=stop))
+                       hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False, report=False,
+                                   stop=stop))
     except CnnlabError as exc:  # these values cannot train (diverged, too large for memory): the search goes on
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)
@@ -634,8 +636,11 @@ def write_study_files(study, folder: Path, search: Search, echo: Echo) -> None:
         header = (f"# the best trial ({best.number}) of study {study.study_name}: {search.tune.objective} "
                   f"{best.value:.4f}; train it with: cnnlab train {folder / BEST_CONFIG}\n")
         rundir.write_text(folder / BEST_CONFIG, header + cfg.to_yaml())
+    from cnnlab.report import REPORT, write_study_report
+
     written = write_figures(study, folder, search.tune.objective)
-    echo(f"written to {folder}/: {', '.join([TRIALS_CSV, *([BEST_CONFIG] if best else []), *written])}")
+    write_study_report(folder)  # after the figures: they are in the page
+    echo(f"written to {folder}/: {', '.join([TRIALS_CSV, *([BEST_CONFIG] if best else []), *written, REPORT])}")
 
 
 def _choice_value(search: Search, key: str, value):

@@ -206,3 +206,30 @@ class SignalInDel:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)  # the handler runs here, inside __del__
+
+
+# --- Debian's chromium, driven by Selenium (tests/test_serve_page.py, tests/test_report.py) --------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def start_chromium(profile: Path, window: str = "1000,760", *flags: str):
+    """A headless chromium with its own profile folder, that reaches nothing on its own (no sync, no updates).
+
+    `flags`: more of chromium's command-line switches.
+    """
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):  # make test installs them (scripts/need-debian-packages)
+        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: run `make test-system` (Debian's chromium, "
+                    "chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={window}", f"--user-data-dir={profile}", *flags):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    return driver

@@ -199,6 +199,11 @@ def test_export_defaults_into_the_run_and_refuses_to_overwrite(small_run, tmp_pa
                                keras.saving.load_model(run / "best.keras").predict(x, verbose=0), atol=TOLERANCE)
     # the run's own model.tflite (what predict and serve use) is not touched by exports
     assert (run / "model.tflite").read_bytes() == (small_run / "model.tflite").read_bytes()
+    # the run records it with its measured difference, and its report lists it
+    record = json.loads((run / "export" / "exports.json").read_text())["onnx"]
+    assert record["path"] == str(written) and record["samples"] == 256 and 0 <= record["max_abs_diff"] <= TOLERANCE
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
+    assert f"<td>{written}</td><td>onnx</td>" in (run / "report.html").read_text()
 
 
 @needs_data

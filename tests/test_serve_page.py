@@ -16,31 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, Server, needs_data, needs_shared
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+from conftest import SHARED, Server, needs_data, needs_shared, start_chromium
 
 pytestmark = [needs_data, needs_shared]
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):  # make test installs them (scripts/need-debian-packages)
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: run `make test-system` (Debian's chromium, "
-                    "chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 # a camera that shows a test pattern, allowed without asking
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                 "--window-size=1000,760", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
+    # a camera that shows a test pattern, allowed without asking
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), "1000,760",
+                            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
     yield driver
     driver.quit()
 

@@ -361,10 +361,20 @@ def data_record(data: ImageData, splits: Splits, settings) -> dict:
         "samples": {"train": len(set(splits.x_train.rows.tolist())),
                     "validation": len(splits.x_val) if splits.x_val is not None else 0,
                     "test": len(splits.x_test)},
+        "class_counts": _class_counts(data, splits),
         "test_split": test_split,
         "skipped_files": list(data.skipped),
         "test_files": splits.test_files,
     }
+
+
+def _class_counts(data: ImageData, splits: Splits) -> dict:
+    """Samples of each class in each split (a list in class order), for the run's report."""
+    parts = {"train": np.unique(splits.x_train.rows), "test": splits.x_test.rows}
+    if splits.x_val is not None:
+        parts["validation"] = splits.x_val.rows
+    classes = len(data.info.class_names)
+    return {name: np.bincount(data.labels[rows], minlength=classes).tolist() for name, rows in parts.items()}
 
 
 def info_from_record(record: dict) -> DatasetInfo:
