@@ -119,7 +119,7 @@ def test_train_command_end_to_end(runner, write_config, tmp_path):
     assert "test accuracy" in result.output
     (run,) = (tmp_path / "runs").iterdir()
     # what was written, and what to do next
-    assert f"written to {run}/: best.keras, model.tflite, accuracy.png, loss.png, metrics.json, history.csv" in result.stdout
+    assert f"written to {run}/: best.keras, model.tflite, report.html, accuracy.png, loss.png, metrics.json, history.csv" in result.stdout
     assert result.stdout.rstrip().endswith(f"next: cnnlab evaluate {run}\n      cnnlab predict {run} IMAGE...")
     # a sign of life while nothing else moves (stderr is not a terminal here: one line per step)
     for status in ("loading mnist ...", "starting TensorFlow ...", "scoring the best checkpoint on 2,000 test samples ...",
