@@ -21,8 +21,10 @@ Every bad request gets a JSON error `{"detail": "..."}` with a 4xx status and th
 keeps serving: 400 empty body / too many files, 413 a body over `max_upload_bytes`
 (checked before and while it is read), 415 a content type that is no image, 422 an
 upload that is not an image, truncated, a decompression bomb (Pillow's limit) or blank,
-404 any other path (no route reads a file named by the request). One line per request
-is logged (method, path, status, milliseconds).
+404 any other path (no route reads a file named by the request); and, from
+`cnnlab.serve_http` before the app sees the request, 400 a request that is not HTTP/1.1,
+431 a request line and header over 32 KiB. One line per request is logged (method, path,
+status, milliseconds); a client that leaves mid-upload is logged with 499.
 
 Images are prepared and predicted by `cnnlab.serve_workers`: in worker processes, each
 with its own model, fed from one first-come-first-served queue (`--workers N`, default
@@ -49,13 +51,17 @@ from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.requests import ClientDisconnect
 
 from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import PREPROCESS_CHOICES, preprocessing_for
 from cnnlab.preprocess import ImageBytes
+from cnnlab.serve_http import ANSWERED, JsonErrorsProtocol
 from cnnlab.serve_workers import Processes, Refused, Threads, Workers, keep_freed_memory
+
+CLIENT_GONE = 499  # nginx's "client closed request": logged, never sent (there is no one to send it to)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -106,7 +112,11 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         seen: bool = Query(False, description="Also return the image the model saw, as a PNG data URL."),
     ) -> dict:
         """Predict the class of each uploaded image (multipart files, or one image as the raw body)."""
-        images = await _received_images(request, max_files)
+        try:
+            images = await _received_images(request, max_files)
+        except ClientDisconnect:
+            raise HTTPException(status_code=CLIENT_GONE, detail="the client left before its upload was complete.") \
+                from None
         try:
             answers = await workers.answers(images, top_k, preprocess, seen)
         except Refused as refused:
@@ -200,11 +210,15 @@ def serve(target: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
             pool = Processes(target, workers)
             pool.meanwhile = here  # answers until the workers have loaded the model
         app = create_app(loaded, max_upload_bytes=max_upload_bytes, workers=pool or here)
-        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=30)
+        config = uvicorn.Config(app, http=JsonErrorsProtocol, access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=30)
         shown = f"[{host}]" if ":" in host else host
         what = f"{workers} worker processes" if pool else "1 process"
         echo(f"serving {loaded.path} ({loaded.kind}) on http://{shown}:{listener.getsockname()[1]} with {what}  "
              "(API docs: /docs; Ctrl-C stops)")
+        if not _loopback(host):
+            echo(f"note: --host {host}: the server is reachable from other machines and has no authentication; "
+                 "anyone who can reach the port can use the model (keep the default 127.0.0.1 for this machine only).")
         _run_one(uvicorn.Server(config), listener)
         echo("stopped")
     finally:
@@ -250,6 +264,18 @@ def _listen(host: str, port: int) -> socket.socket:
                           "another --port, or a --host that is this machine's address.") from None
     listener.set_inheritable(True)
     return listener
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is this machine only (127.0.0.0/8, ::1, localhost): no other machine can connect."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: its addresses may be anyone's
+        return False
 
 
 def _interrupt(signum, frame):
@@ -324,8 +350,9 @@ class _RequestLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            elapsed = (time.perf_counter() - start) * 1000
-            self.log(f"{scope['method']} {scope['path']} {status[0]} {elapsed:.1f} ms")
+            if not scope.get("state", {}).get(ANSWERED):  # else the protocol answered it and logged it
+                elapsed = (time.perf_counter() - start) * 1000
+                self.log(f"{scope['method']} {scope['path']} {status[0]} {elapsed:.1f} ms")
 
 
 def _static(name: str, media_type: str):

@@ -439,3 +439,162 @@ def test_one_request_at_a_time_is_answered_here_and_a_crowd_by_the_workers(serve
         assert Counted.answered >= len(photos)  # ... and once it is quiet again, this process does
     finally:
         pool.close()
+
+
+# --- what uvicorn would answer itself: malformed requests, oversized heads, clients that leave ---------
+
+def _raw(server, chunks: list[bytes], pause: float = 0.0) -> tuple[int, dict, bytes]:
+    """Send `chunks` on one raw connection (stopping once the server answers) and read the reply to its end."""
+    import select
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        for chunk in chunks:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if select.select([sock], [], [], pause)[0]:  # answered: the rest would not be read
+                break
+        reply = b""
+        try:
+            while data := sock.recv(65536):
+                reply += data
+        except ConnectionResetError:
+            pass
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (field.partition(":") for field in fields)}
+    return int(status_line.split()[1]), headers, body
+
+
+def _log_after(server, before: int, timeout: float = 10) -> list[str]:
+    """The lines the server has logged since it had `before` lines (waiting for at least one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = server.log().splitlines()[before:]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+HOST = b"Host: 127.0.0.1\r\n"
+
+# (id, the bytes sent): each is not HTTP/1.1 the parser accepts
+MALFORMED_CASES = [
+    ("not HTTP at all", b"HELLO SERVER\r\n\r\n"),
+    ("a space in a header name", b"GET /health HTTP/1.1\r\n" + HOST + b"Bad Header: x\r\n\r\n"),
+    ("both Content-Length and chunked", b"POST /predict HTTP/1.1\r\n" + HOST +
+     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("a negative Content-Length", b"POST /predict HTTP/1.1\r\n" + HOST + b"Content-Length: -1\r\n\r\n"),
+    ("a chunk size that is no number", b"POST /predict HTTP/1.1\r\n" + HOST +
+     b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"),
+    ("HTTP/2 without upgrade", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ("a TLS handshake", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40)),
+    ("a byte above ASCII in the path", b"GET /\xff HTTP/1.1\r\n" + HOST + b"\r\n"),
+    ("a bare line feed in a header", b"GET /health HTTP/1.1\r\n" + HOST + b"X-A: 1\nX-B: 2\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("sent", [case[1] for case in MALFORMED_CASES], ids=[case[0] for case in MALFORMED_CASES])
+def test_a_malformed_request_gets_json_from_the_protocol_and_one_log_line(server, sent):
+    before = len(server.log().splitlines())
+    status, headers, body = _raw(server, [sent])
+    assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
+    assert "not valid HTTP/1.1" in json.loads(body)["detail"]
+    assert headers["connection"] == "close" and int(headers["content-length"]) == len(body)
+    logged = _log_after(server, before)
+    assert len(logged) == 1 and "Traceback" not in server.log(), logged
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def _headers(count: int, size: int) -> bytes:
+    return b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * size) for i in range(count))
+
+
+# (id, the chunks sent, seconds between them): each head is over 32 KiB, however it arrives
+OVERSIZED_CASES = [
+    ("one field of 100 KB", [b"GET /health HTTP/1.1\r\n" + HOST + b"Cookie: " + b"c" * 100_000 + b"\r\n\r\n"], 0),
+    ("2000 small fields in 1 KB pieces", [piece for data in [b"GET /health HTTP/1.1\r\n" + HOST + _headers(2000, 40)]
+                                          for piece in (data[i:i + 1024] for i in range(0, len(data), 1024))], 0.002),
+    ("a URL of 64 KB", [b"GET /health?q=" + b"q" * 65536 + b" HTTP/1.1\r\n" + HOST + b"\r\n"], 0),
+    ("a head that never ends, 200 bytes at a time", [b"POST /predict HTTP/1.1\r\n" + HOST] +
+     [b"X-Slow: " + b"s" * 190 + b"\r\n"] * 400, 0.001),
+    ("a multipart upload with a huge header", [b"POST /predict HTTP/1.1\r\n" + HOST + b"Content-Type: multipart/form-data;"
+                                               b" boundary=" + b"b" * 40_000 + b"\r\nContent-Length: 10\r\n\r\n"], 0),
+]
+
+
+@pytest.mark.parametrize("chunks, pause", [case[1:] for case in OVERSIZED_CASES], ids=[case[0] for case in OVERSIZED_CASES])
+def test_a_head_over_32_kib_is_refused_with_431_as_it_arrives(server, chunks, pause):
+    before = len(server.log().splitlines())
+    status, headers, body = _raw(server, chunks, pause)
+    assert status == 431 and headers["content-type"] == "application/json", (status, body)
+    assert "32 KiB" in json.loads(body)["detail"]
+    assert len(_log_after(server, before)) == 1
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+# (id, the chunks of one connection): heads within the limit, however they are cut, get their answer
+WITHIN_CASES = [
+    ("a 24 KB cookie", [b"GET /health HTTP/1.1\r\n" + HOST + b"Cookie: " + b"c" * 24_000 + b"\r\nConnection: close\r\n\r\n"]),
+    ("the blank line split across reads", [b"GET /health HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r", b"\n"]),
+    ("two 20 KB heads on one connection", [b"GET /health HTTP/1.1\r\n" + HOST + b"Cookie: " + b"c" * 20_000 + b"\r\n\r\n",
+                                           b"GET /health HTTP/1.1\r\n" + HOST + b"Cookie: " + b"c" * 20_000 +
+                                           b"\r\nConnection: close\r\n\r\n"]),
+]
+
+
+@pytest.mark.parametrize("chunks", [case[1] for case in WITHIN_CASES], ids=[case[0] for case in WITHIN_CASES])
+def test_a_head_within_the_limit_is_answered(server, chunks):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            time.sleep(0.05)
+        reply = b""
+        while data := sock.recv(65536):
+            reply += data
+    assert reply.count(b"HTTP/1.1 200 OK") == len(chunks) - (chunks[-1] == b"\n"), reply[:300]
+
+
+def _upload_start(content_type: bytes, length: int, body: bytes) -> bytes:
+    return (b"POST /predict HTTP/1.1\r\n" + HOST + b"Content-Type: " + content_type + b"\r\n" +
+            (b"Content-Length: %d\r\n" % length if length else b"Transfer-Encoding: chunked\r\n") + b"\r\n" + body)
+
+
+# (id, what the client sends before it closes the connection)
+LEAVING_CASES = [
+    ("half a raw image body", _upload_start(b"image/png", 200_000, b"\x89PNG\r\n\x1a\n" + bytes(5000))),
+    ("the head of an upload, no body", _upload_start(b"image/png", 50_000, b"")),
+    ("part of a multipart file", _upload_start(b"multipart/form-data; boundary=XyZ", 300_000,
+                                               b'--XyZ\r\nContent-Disposition: form-data; name="files"; filename="a.png"'
+                                               b"\r\nContent-Type: image/png\r\n\r\n" + bytes(20_000))),
+    ("one chunk of a chunked body", _upload_start(b"image/png", 0, b"1000\r\n" + bytes(4096) + b"\r\n")),
+]
+
+
+@pytest.mark.parametrize("sent", [case[1] for case in LEAVING_CASES], ids=[case[0] for case in LEAVING_CASES])
+def test_a_client_leaving_mid_upload_is_one_4xx_log_line(server, sent):
+    import socket
+
+    before = len(server.log().splitlines())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(sent)
+        time.sleep(0.2)  # the server is reading the body when the client leaves
+    logged = _log_after(server, before)
+    time.sleep(0.3)  # anything logged after the line (a traceback) would be here by now
+    logged = server.log().splitlines()[before:]
+    assert len(logged) == 1 and re.fullmatch(r"POST /predict 499 \d+\.\d ms", logged[0]), logged
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("host, told", [("0.0.0.0", True), ("127.0.0.1", False), ("localhost", False)])
+def test_serving_beyond_this_machine_says_so_in_one_line(served_run, tmp_path, host, told):
+    running = Server(served_run, tmp_path / "serve.log", "--host", host, "--workers", "1")
+    assert running.stop() == 0
+    notes = [line for line in running.log().splitlines() if "reachable from other machines" in line]
+    assert len(notes) == (1 if told else 0), running.log()
+    if told:
+        assert notes[0].startswith(f"note: --host {host}:") and "no authentication" in notes[0]
