@@ -153,8 +153,8 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         unsafe: allow Lambda layers, whose Python code runs while loading. Only for
             files from a source you trust.
         fast: for a run directory, use the run's `model.tflite` (checked against Keras
-            when training wrote it) when it is there and not older than `best.keras`:
-            no TensorFlow import, a cold prediction in a fraction of a second.
+            when training wrote it) when it was made from this `best.keras` (see
+            `_lite_is_current`): no TensorFlow import, a cold prediction in a fraction of a second.
         threads: the threads of that TFLite model's interpreter (default: one per core). A
             server's workers, each predicting one image beside the others, want 1: a second
             thread only spins.
@@ -179,7 +179,7 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         dataset, scale, settings = cfg.data.dataset, cfg.data.scale, cfg.data
         kind, loss = "cnnlab run", cfg.train.loss
         lite = run_dir / TFLITE
-        if fast and lite.exists() and lite.stat().st_mtime >= path.stat().st_mtime:
+        if fast and lite.exists() and _lite_is_current(run_dir, path, lite):
             model = LiteModel(lite, threads)
             return LoadedModel(
                 model=model, path=lite, kind="cnnlab run (TFLite copy of best.keras)", dataset=dataset,
@@ -225,6 +225,20 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         model=model, path=path, kind=kind, dataset=dataset, scale=scale, input_shape=input_shape,
         loss=loss or file_loss, run_dir=run_dir, data_settings=settings, test_files=test_files, info=info,
     )
+
+
+def _lite_is_current(run_dir: Path, checkpoint: Path, lite: Path) -> bool:
+    """Whether `lite` was converted from `checkpoint`: the checkpoint's SHA-256 that training recorded
+    in metrics.json (a copied run keeps it, as it keeps no file times). A run from before that record:
+    the TFLite file is not older than the checkpoint."""
+    try:
+        metrics = rundir.read_json(run_dir / rundir.METRICS)
+        recorded = metrics.get("tflite_from_sha256")
+    except (OSError, ValueError, AttributeError):  # no metrics, or damaged: the checkpoint through Keras
+        return False
+    if recorded is None:
+        return metrics.get("tflite") == TFLITE and lite.stat().st_mtime >= checkpoint.stat().st_mtime
+    return recorded == rundir.sha256(checkpoint)
 
 
 def load_model_file(path: Path, unsafe: bool = False, unsafe_hint: str = ""):

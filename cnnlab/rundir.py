@@ -13,7 +13,9 @@
       best.keras         the best checkpoint (by train.checkpoint.monitor)
       history.csv/.json  one row per epoch: loss, metrics, val_*, learning rate, seconds
       loss.png, accuracy.png   train vs validation curves
-      metrics.json       test loss and accuracy of best.keras, best epoch, timing
+      metrics.json       test loss and accuracy of best.keras, best epoch, timing; `tflite_from_sha256`:
+                         the best.keras that model.tflite was converted from (predict's fast path)
+      model.tflite       best.keras for LiteRT (predict and serve without TensorFlow)
       report.html        one self-contained page for people: results, curves, mistakes, data, config,
                          environment, exports (cnnlab.report; `cnnlab report RUN` draws it again)
       export/exports.json  each `cnnlab export` format's path and measured difference from Keras
@@ -223,6 +225,17 @@ def process_alive(info: dict) -> bool:
     except PermissionError:  # someone else's process of that number: alive
         return True
     return True
+
+
+def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes (read a megabyte at a time)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def copy_file(source: Path, path: Path) -> None:

@@ -1031,7 +1031,8 @@ def _export_for_predict(model, run_dir: Path, splits: Splits, probs: np.ndarray,
         echo(f"note: no {TFLITE} written ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
              "predict will use Keras")
         return {"tflite": None}
-    return {"tflite": TFLITE, "tflite_max_abs_diff": diff}
+    # what it was made from, by content: a copy of the run (cp -r, a zip) keeps no file times
+    return {"tflite": TFLITE, "tflite_max_abs_diff": diff, "tflite_from_sha256": rundir.sha256(run_dir / rundir.BEST)}
 
 
 def _training_summary(cfg: Config, rows: list[dict], seconds: float, train_samples: int) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import keras
 
+from cnnlab import rundir
 from cnnlab.compile import one_cycle_rate
 from cnnlab.config import validate_config
 from cnnlab.data import load_raw
@@ -324,3 +325,28 @@ def test_export_without_o_names_the_default_path_not_an_option(small_run, tmp_pa
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {run / 'export' / 'model.tflite'} (the default export path): ")
     assert "-o " not in result.stderr.split(";")[0]
+
+
+def _predict_in_a_fresh_process(run, images) -> dict:
+    code = ("import sys, json; from typer.testing import CliRunner; from cnnlab.cli import app; "
+            f"r = CliRunner().invoke(app, ['predict', {str(run)!r}, *{[str(i) for i in images]!r}, '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'model': json.loads(r.stdout)['model']}))")
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+@needs_data
+@needs_shared
+def test_a_copied_run_keeps_its_fast_path(small_run, tmp_path):
+    """Issue 27: `cp -r` keeps no file times, and model.tflite then looked older than best.keras."""
+    import shutil
+
+    digits = sorted((SHARED / "digits").glob("*/*.png"))[:3]
+    copy = shutil.copytree(small_run, tmp_path / "copied", copy_function=shutil.copy)  # cp -r: new times
+    later = (copy / "model.tflite").stat().st_mtime + 3600
+    os.utime(copy / "best.keras", (later, later))  # the checkpoint copied last, or touched
+    assert _predict_in_a_fresh_process(copy, digits) == {"tf": False, "model": str(copy / "model.tflite")}
+    assert json.loads((copy / "metrics.json").read_text())["tflite_from_sha256"] == rundir.sha256(copy / "best.keras")
+    # a checkpoint that is not the one converted (here the same weights saved again) is predicted with Keras
+    keras.saving.load_model(copy / "best.keras").save(copy / "best.keras")
+    assert _predict_in_a_fresh_process(copy, digits) == {"tf": True, "model": str(copy / "best.keras")}
