@@ -290,10 +290,11 @@ def why_no_checkpoint(run: rundir.Run) -> str:
 
 
 def _run_config(run_dir: Path):
-    from cnnlab.config import read_yaml_mapping, validate_config
+    from cnnlab.config import read_run_config, validate_config
 
     path = run_dir / rundir.CONFIG
-    return validate_config(read_yaml_mapping(path), path)
+    return validate_config(read_run_config(path, rundir.data_source(run_dir)), path)
+
 
 
 def run_data(run_dir: Path, cfg) -> tuple[DatasetInfo, list[str] | None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -650,9 +651,43 @@ def output_units(cfg: Config) -> int | None:
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config, apply `key.path=value` overrides, validate it."""
     path = Path(path)
-    data = read_yaml_mapping(path)
-    overridden = [apply_override(data, override, path) for override in overrides]
+    data, overridden = read_config(path, overrides)
     return validate_config(data, path, overridden)
+
+
+def read_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """A config file's mapping with `overrides` applied, and the key paths they set (not validated).
+
+    A relative `data.path` written in the file is read from the file's own folder, as most
+    tools read the paths in their config files, so `cnnlab train other/dir/x.yaml` works from
+    anywhere; one given with --set is read from the current directory, as any command-line path.
+    Either is made absolute here: the run's config.yaml records where the data was, and a
+    message names the folder that was tried.
+    """
+    data = read_yaml_mapping(path)
+    _absolute_data_path(data, path.absolute().parent)
+    overridden = [apply_override(data, override, path) for override in overrides]
+    _absolute_data_path(data, Path.cwd())
+    return data, overridden
+
+
+def read_run_config(path: Path, recorded_source: str | None) -> dict:
+    """A run's config.yaml as a mapping; a relative `data.path` (a run trained before paths were
+    made absolute) becomes `recorded_source`, the folder or CSV its data.json says it read."""
+    data = read_yaml_mapping(path)
+    section = data.get("data")
+    if recorded_source and isinstance(section, dict) and isinstance(section.get("path"), str) \
+            and not Path(section["path"]).expanduser().is_absolute():
+        section["path"] = recorded_source
+    return data
+
+
+def _absolute_data_path(data: dict, folder: Path) -> None:
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("path"), str) and section["path"]:
+        given = Path(section["path"]).expanduser()
+        if not given.is_absolute():
+            section["path"] = os.path.normpath(folder / given)
 
 
 def read_yaml_mapping(path: Path) -> dict:

@@ -227,6 +227,15 @@ def process_alive(info: dict) -> bool:
     return True
 
 
+def data_source(run_dir: Path) -> str | None:
+    """The absolute folder or CSV file a run's data.json says it trained on (None: a built-in set, or no record)."""
+    record_path = run_dir / DATA
+    if not record_path.exists():
+        return None
+    source = read_json(record_path).get("source")
+    return source if isinstance(source, str) else None
+
+
 def sha256(path: Path) -> str:
     """The hex SHA-256 of a file's bytes (read a megabyte at a time)."""
     import hashlib

@@ -48,7 +48,7 @@ import numpy as np
 
 from cnnlab import distribute, rundir
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
-from cnnlab.config import Config, apply_override, read_yaml_mapping, validate_config
+from cnnlab.config import Config, apply_override, read_run_config, validate_config
 from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
@@ -185,7 +185,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     info = run.info()
     status = info.get("status")
     config_path = run.path / rundir.CONFIG
-    mapping = read_yaml_mapping(config_path)
+    mapping = read_run_config(config_path, rundir.data_source(run.path))
     changed = [apply_override(mapping, override, config_path) for override in overrides]
     refused = [path for path in changed if path != "train.epochs"]
     if refused:

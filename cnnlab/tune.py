@@ -51,7 +51,7 @@ from cnnlab.config import (
     apply_override,
     did_you_mean,
     parse_key_path,
-    read_yaml_mapping,
+    read_config,
     validate_config,
     value_at,
 )
@@ -97,8 +97,7 @@ def load_search(config: str | Path, overrides: list[str] | tuple = (), trials: i
     from cnnlab.model import check_model, logged_values
 
     source = Path(config)
-    mapping = read_yaml_mapping(source)
-    changed = [apply_override(mapping, override, source) for override in overrides]
+    mapping, changed = read_config(source, overrides)
     for key, value in (("trials", trials), ("timeout", timeout)):  # --trials, --timeout
         if value is not None and isinstance(mapping.get("tune"), dict):
             mapping["tune"][key] = value

@@ -335,3 +335,43 @@ def test_large_photos_decode_on_threads_to_the_same_rows(tmp_path):
     assert not bad
     for i in range(len(manifest.files)):
         np.testing.assert_array_equal(images[[i]][0], decode_file(manifest.path(i), spec))
+
+
+def test_a_relative_data_path_is_read_from_the_config_files_folder(runner, tmp_path, monkeypatch):
+    """Issue 27: `data.path: photos` worked only from the folder the run was trained in."""
+    project = tmp_path / "project"
+    write_shapes_folder(project / "photos", per_class=10)
+    (project / "configs").mkdir()
+    data = shapes_config(Path("../photos"))
+    data["train"]["epochs"] = 1
+    (project / "configs" / "x.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    for folder in ("elsewhere", "third"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = runner.invoke(app, ["train", "../project/configs/x.yaml", "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(project / "photos")
+    monkeypatch.chdir(tmp_path / "third")
+    for args in (["evaluate", str(run)], ["export", str(run), "-f", "tflite"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    # a run written before the path was recorded absolute: its data.json's folder is used
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace(f"path: {project / 'photos'}", "path: photos"))
+    result = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["samples"] == 6
+
+
+def test_a_data_path_that_is_not_there_is_named_absolute(runner, tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "x.yaml").write_text(yaml.safe_dump(shapes_config(Path("photos"))))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "conf/x.yaml", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert f"data.path: {tmp_path / 'conf' / 'photos'} does not exist" in result.stderr
+    # given on the command line, a path is read from the current directory, as any command-line path
+    result = runner.invoke(app, ["train", "conf/x.yaml", "--set", "data.path=mine", "--runs-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert f"data.path: {tmp_path / 'mine'} does not exist" in result.stderr
