@@ -319,7 +319,7 @@ def test_export_without_o_names_the_default_path_not_an_option(small_run, tmp_pa
     from cnnlab.cli import app
 
     run = shutil.copytree(small_run, tmp_path / small_run.name)
-    (run / "export").mkdir()
+    (run / "export").mkdir(exist_ok=True)  # exports with -o elsewhere record themselves there
     (run / "export" / "model.tflite").write_text("a user's file")
     result = runner.invoke(app, ["export", str(run), "--format", "tflite"])
     assert result.exit_code == 2
