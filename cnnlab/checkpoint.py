@@ -48,7 +48,7 @@ import numpy as np
 from cnnlab import rundir
 from cnnlab.data import DATASETS, DatasetInfo, describe, info_from_record
 from cnnlab.errors import CnnlabError
-from cnnlab.export import TFLITE, LiteModel
+from cnnlab.litert import TFLITE, LiteModel
 from cnnlab.model import available_memory, format_bytes
 
 if TYPE_CHECKING:
@@ -508,7 +508,7 @@ def _lambda_layers(config) -> list[str]:
 
 def _load_keras(path: Path, config: dict, unsafe: bool):
     """Keras' own loader (safe mode unless `unsafe`); a Keras 2 Sequential .h5 from a patched copy."""
-    from cnnlab.train import init_backend
+    from cnnlab.backend import init_backend
 
     keras, _ = init_backend("auto")
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="cnnlab-load-") as tmp:

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import os
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cnnlab.backend import sigterm_interrupts
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import SORT_KEYS as RUNS_SORT_KEYS
 
@@ -69,7 +69,7 @@ def root(
 ) -> None:
     _state["debug"] = debug
     if verbose:
-        os.environ["CNNLAB_VERBOSE"] = "1"  # read by cnnlab.train.init_backend, before TensorFlow starts
+        os.environ["CNNLAB_VERBOSE"] = "1"  # read by cnnlab.backend.init_backend, before TensorFlow starts
 
 
 Overrides = Annotated[
@@ -109,9 +109,7 @@ def train(
 
     use_workers(workers, worker_index)
 
-    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # started so: it stays ignored
-    previous = None if ignored else signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
+    with sigterm_interrupts():
         if resume is not None:
             if config is not None:
                 raise CnnlabError("--resume takes no CONFIG: the run keeps the config it started with "
@@ -125,15 +123,8 @@ def train(
             cfg = load_config(config, multi + (overrides or []))
             result = training.train(cfg, config, runs_dir=runs_dir, device=device.value, echo=typer.echo, quiet=quiet,
                                     progress=None if quiet else _progress)
-    finally:
-        if not ignored:
-            signal.signal(signal.SIGTERM, previous)
     if result.status == "interrupted":
         raise typer.Exit(130)
-
-
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 @app.command()
@@ -173,15 +164,10 @@ def tune(
     if config is None:
         raise CnnlabError("missing CONFIG: give a YAML file with a tune: section, e.g. "
                           "`cnnlab tune configs/tune_cnn.yaml`, or --show STUDY.")
-    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
-    previous = None if ignored else signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
+    with sigterm_interrupts():
         result = tuning.tune(config, overrides or [], trials=trials, timeout=timeout, storage=storage, study=study,
                              workers=workers, runs_dir=runs_dir, force_new=force_new, device=device.value,
                              echo=typer.echo)
-    finally:
-        if not ignored:
-            signal.signal(signal.SIGTERM, previous)
     if result.best is not None:
         typer.echo(f"best: trial {result.best.number}, {result.best.value:.4f}; "
                    f"train it: cnnlab train {result.folder / tuning.BEST_CONFIG}")
@@ -217,7 +203,7 @@ def summary(
 
     cfg = load_config(config, overrides or [])
     plan = check_model(cfg, str(config))
-    from cnnlab.train import init_backend
+    from cnnlab.backend import init_backend
 
     init_backend("cpu")
     typer.echo(summary_text(build_model(cfg, plan.input_shape)), nl=False)

@@ -1,9 +1,8 @@
 """Exports of a model: the TensorFlow-free copy for instant predictions, and `cnnlab export`.
 
 At the end of training the best checkpoint is also written as `model.tflite` (a
-TensorFlow Lite flatbuffer) and checked against Keras on real test images. Predicting
-then needs only NumPy and the small LiteRT interpreter (`ai-edge-litert`): a cold
-`cnnlab predict` takes a fraction of a second instead of TensorFlow's ~7 s import.
+TensorFlow Lite flatbuffer) and checked against Keras on real test images; predicting
+then needs only `cnnlab.litert.LiteModel`, with no TensorFlow.
 
 `export_model` writes a run's model in the format another runtime loads: a TF
 SavedModel (TensorFlow Serving), TFLite, or ONNX (onnxruntime), each checked in that
@@ -12,28 +11,22 @@ runtime against Keras on the run's test images before it is put in place.
 Example:
     max_diff = export_tflite(model, run_dir / "model.tflite", x_test[:64])
     export_model("runs/cnn-20261123-012542", "onnx")  # runs/cnn-.../export/model.onnx
-    probs = LiteModel(run_dir / "model.tflite").predict(x)
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 import tempfile
-import threading
-import warnings
-from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cnnlab.backend import silenced
 from cnnlab.errors import CnnlabError
+from cnnlab.litert import TFLITE, LiteModel
 from cnnlab.rundir import atomic_path, update_json
-
-TFLITE = "model.tflite"
 TOLERANCE = 1e-4  # largest difference from Keras' probabilities that we accept
 
 
@@ -53,7 +46,7 @@ def export_tflite(model, path: Path, sample: np.ndarray, expected: np.ndarray | 
         model, expected = float32_copy(model), None
     if expected is None:
         expected = model.predict(sample, verbose=0)
-    with _quiet(), atomic_path(path, suffix=".tflite") as tmp:  # the converter prints pages of details
+    with silenced(), atomic_path(path, suffix=".tflite") as tmp:  # the converter prints pages of details
         tmp.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
         diff = float(np.abs(LiteModel(tmp).predict(sample) - expected).max())
         if diff > TOLERANCE:
@@ -69,72 +62,6 @@ def float32_copy(model):
         model, clone_function=lambda layer: type(layer).from_config({**layer.get_config(), "dtype": "float32"}))
     copy.set_weights(model.get_weights())
     return copy
-
-
-class LiteModel:
-    """A `.tflite` classifier with a Keras-like `predict` and `input_shape`.
-
-    `predict` may be called from several threads (a server's): LiteRT's interpreter is
-    not thread-safe, so one call runs at a time. `threads`: the interpreter's own (default:
-    one per core).
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = Path(path)
-        with _quiet():  # LiteRT announces its CPU delegate on stderr
-            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        self._batch = None
-        self._lock = threading.Lock()
-
-    @property
-    def input_shape(self) -> tuple:
-        return (None, *self._input["shape"][1:].tolist())
-
-    @property
-    def input_details(self) -> dict:
-        """LiteRT's description of the input: its name, shape (batch first) and dtype."""
-        return self._input
-
-    @property
-    def output_shape(self) -> tuple:
-        return (None, *self._output["shape"][1:].tolist())
-
-    def predict(self, x: np.ndarray, verbose: int = 0) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        with self._lock:
-            if self._batch != len(x):
-                with _quiet():
-                    self._interpreter.resize_tensor_input(self._input["index"], x.shape)
-                    self._interpreter.allocate_tensors()
-                self._batch = len(x)
-            self._interpreter.set_tensor(self._input["index"], x)
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output["index"]).copy()
-
-
-@contextmanager
-def _quiet():
-    """Silence stdout and stderr at the file-descriptor level (C++ logs included), and Python's
-    sys.stdout where it is not file descriptor 1 (a CLI runner's capture), and warnings."""
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. tf2onnx's FutureWarning on np.object: Keras' code, not the user's
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -175,7 +102,7 @@ def export_model(target: str | Path, format: str, output: str | Path | None = No
         output: where to write (default: `<run>/export/saved_model`, `model.tflite` or `model.onnx`).
         force: replace an earlier export at `output`.
     """
-    from cnnlab.checkpoint import check_output_dir, load_checkpoint, make_output_dir  # checkpoint imports export
+    from cnnlab.checkpoint import check_output_dir, load_checkpoint, make_output_dir
     from cnnlab.evaluate import test_set
 
     if format not in FORMATS:
@@ -203,7 +130,7 @@ def export_model(target: str | Path, format: str, output: str | Path | None = No
     try:
         with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp:
             written = Path(tmp) / output.name
-            with _quiet():  # TensorFlow and tf2onnx print pages of details
+            with silenced():  # TensorFlow and tf2onnx print pages of details
                 if format == "tflite":
                     try:
                         export_tflite(model, written, sample, expected=expected)

@@ -39,9 +39,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -54,6 +54,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.requests import ClientDisconnect
 
 from cnnlab import rundir
+from cnnlab.backend import sigterm_interrupts
 from cnnlab.checkpoint import LoadedModel, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import PREPROCESS_CHOICES, preprocessing_for
@@ -236,13 +237,8 @@ def _run_one(server, listener: socket.socket) -> None:
     """Serve in this process; SIGTERM, like Ctrl-C, stops it cleanly."""
     # uvicorn finishes the requests in flight on SIGINT/SIGTERM, then raises the signal again
     # with the handlers it found: ours turns SIGTERM into KeyboardInterrupt, as Ctrl-C is.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with sigterm_interrupts(), contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[listener])
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -276,10 +272,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a name: its addresses may be anyone's
         return False
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 class _BodyLimit:

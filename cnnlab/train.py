@@ -29,13 +29,9 @@ from __future__ import annotations
 import errno
 import gc
 import itertools
-import os
-import platform
 import re
 import shlex
-import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -47,17 +43,18 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cnnlab import distribute, rundir
+from cnnlab.backend import StopRequest, environment, init_backend
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_run_config, validate_config
 from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
+from cnnlab.litert import TFLITE
 from cnnlab.model import ModelPlan, build_model, check_model, class_predictions, summary_text
 from cnnlab.plots import plot_history
 
 Echo = Callable[[str], None]
-VERBOSE_ENV = "CNNLAB_VERBOSE"  # 1: TensorFlow's own start-up and log lines are shown (`cnnlab --verbose`)
 
 
 @dataclass
@@ -565,8 +562,6 @@ def _divergence_message(cfg: Config, run_dir: Path, at: dict, rows: list[dict]) 
 
 def _written(cfg: Config, run_dir: Path, say: Echo) -> None:
     """The final lines: what the run directory now holds, and what to do next."""
-    from cnnlab.export import TFLITE
-
     from cnnlab.report import REPORT
 
     names = [rundir.BEST, TFLITE, REPORT, *sorted(p.name for p in run_dir.glob("*.png")), rundir.METRICS,
@@ -673,119 +668,6 @@ def _verbose(cfg: Config) -> int:
     return 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
 
 
-def init_backend(device: str):
-    """Import Keras on the requested device; returns (keras, a name for that device).
-
-    TensorFlow's own chatter is hidden unless $CNNLAB_VERBOSE is 1 (`cnnlab --verbose`):
-    TF_CPP_MIN_LOG_LEVEL=2 (unless set) silences its C++ INFO/WARNING logs after start-up,
-    and the lines it prints while its shared libraries load are filtered out (see
-    `_start_up_lines_hidden`); Keras' absl warnings are raised to errors.
-    """
-    verbose = os.environ.get(VERBOSE_ENV) == "1"
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # takes effect only before TensorFlow starts
-    first = "tensorflow" not in sys.modules
-    with _start_up_lines_hidden(not verbose and first):
-        if first:  # Python's collector would walk the import's objects hundreds of times: ~0.5 s
-            gc.disable()
-        try:
-            import keras
-        finally:
-            if first:
-                gc.enable()
-                # TensorFlow's modules live as long as the process: kept out of every later
-                # collection (and of the ones at exit, which took ~1 s after training).
-                gc.freeze()
-    if not verbose:
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-
-    if keras.backend.backend() != "tensorflow":
-        return keras, f"{keras.backend.backend()} backend (default device)"
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise CnnlabError(
-            "--device gpu: TensorFlow sees no GPU on this machine (is the `gpu` extra with CUDA "
-            "installed?); use --device cpu or --device auto."
-        )
-    if device == "cpu" and gpus:
-        tf.config.set_visible_devices([], "GPU")
-        gpus = []
-    return keras, (f"GPU ({', '.join(gpu.name for gpu in gpus)})" if gpus else f"CPU ({os.cpu_count()} cores)")
-
-
-# A line of TensorFlow's C++ logging: "I0000 00:00:1795584511.108566    5723 port.cc:153] ..." (absl before
-# its InitializeLog: month-day 0000, the seconds since 1970)
-# or "2026-01-30 22:44:42.456316: I tensorflow/core/util/port.cc:153] ..." (older TSL format).
-_TF_LOG_LINE = re.compile(
-    r"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] )\S+:\d+\] "
-)
-_START_UP_NOISE = (
-    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    "To enable the following instructions:",  # the second line of cpu_feature_guard's notice
-)
-
-
-@contextmanager
-def _start_up_lines_hidden(hide: bool) -> Iterator[None]:
-    """Filter TensorFlow's C++ start-up lines out of stderr while it is imported.
-
-    They come from static initialisers of TensorFlow's shared libraries, which log through
-    their own copies of absl before anything has set a log level, so TF_CPP_MIN_LOG_LEVEL does
-    not reach them: libtensorflow_framework.so.2 and _pywrap_profiler_plugin.so each print
-    absl's "WARNING: All log messages before absl::InitializeLog() ..." and port.cc's "oneDNN
-    custom operations are on ..." (oneDNN stays on: TF_ENABLE_ONEDNN_OPTS=0 would silence it
-    by making training slower). So stderr's file descriptor is pointed at a temporary file for
-    the import; lines in TensorFlow's log format are dropped, anything else is passed on, and
-    all of it when the import fails.
-    """
-    if not hide:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr: nothing to hide
-        yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            try:
-                sys.stderr.flush()
-            except ValueError:
-                pass
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-            kept = lines if failed else [
-                line for line in lines if not _TF_LOG_LINE.match(line) and not line.startswith(_START_UP_NOISE)
-            ]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
-
-
-def environment(keras, device_name: str) -> dict:
-    version = rundir.installed_version
-    return {
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "cnnlab": version("cnnlab"), "keras": keras.__version__, "backend": keras.backend.backend(),
-        "tensorflow": version("tensorflow") or version("tensorflow-cpu"), "numpy": np.__version__,
-        "device": device_name,
-    }
-
-
 def _early_stopping(keras, cfg: Config, history: list[dict]):
     es = cfg.train.early_stopping
     mode = monitor_mode(es.monitor, es.mode)
@@ -805,54 +687,6 @@ def _early_stopping(keras, cfg: Config, history: list[dict]):
         monitor=es.monitor, mode=mode, patience=es.patience,
         min_delta=es.min_delta, restore_best_weights=es.restore_best_weights,
     )
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM while training: stop at the next batch, as an interruption.
-
-    Python raises KeyboardInterrupt wherever the main thread is when the signal lands; inside
-    one of TensorFlow's `__del__` methods it is printed as "Exception ignored" and lost, and
-    training went on to the end (seen once in CI). Here the signal only sets a flag, which the
-    recorder turns into KeyboardInterrupt at a batch boundary, in cnnlab's own code. A second
-    signal raises at once, for a batch that never ends. A signal that was ignored when
-    training started (SIG_IGN, as for a background job) stays ignored; on leaving, the
-    handlers found on entering are put back. It may be entered again inside itself (tune's
-    request around the study, then each trial's fit): only the outermost entry and exit touch
-    the handlers, and a request stays requested.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-        self._depth = 0
-
-    def __enter__(self):
-        self._depth += 1
-        if self._depth == 1 and threading.current_thread() is threading.main_thread():  # only it gets signals
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) == signal.SIG_IGN:
-                    # Started with it ignored (`cnnlab train ... &` in a script, nohup): a Unix program
-                    # keeps an ignored signal ignored. SIGTERM still stops such a run cleanly.
-                    continue
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        self._depth -= 1
-        if self._depth:
-            return
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
 
 def _recorder_class(keras):
@@ -1021,7 +855,7 @@ def describe_data(record: dict) -> str:
 
 def _export_for_predict(model, run_dir: Path, splits: Splits, probs: np.ndarray, echo: Echo) -> dict:
     """Also write the best model as TFLite, so `cnnlab predict` needs no TensorFlow; `probs`: Keras' test outputs."""
-    from cnnlab.export import TFLITE, export_tflite
+    from cnnlab.export import export_tflite
 
     try:
         diff = export_tflite(model, run_dir / TFLITE, splits.x_test[:256], expected=probs[:256])

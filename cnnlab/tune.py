@@ -400,7 +400,7 @@ def _start_workers(count: int, config, overrides, trials, timeout, url: str, nam
 
 def _search(search: Search, study, folder: Path, device: str, data: dict, echo: Echo) -> str:
     """Ask, train, tell, until the study has its trials; one progress line per trial."""
-    from cnnlab.train import StopRequest, init_backend
+    from cnnlab.backend import StopRequest, init_backend
 
     keras, _ = init_backend(device)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tf.function retracing: each trial is a new model

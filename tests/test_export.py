@@ -17,7 +17,8 @@ from cnnlab import rundir
 from cnnlab.compile import one_cycle_rate
 from cnnlab.config import validate_config
 from cnnlab.data import load_raw
-from cnnlab.export import TOLERANCE, LiteModel, export_tflite
+from cnnlab.export import TOLERANCE, export_tflite
+from cnnlab.litert import LiteModel
 from cnnlab.train import train
 
 from conftest import DATA_DIR, SHARED, needs_data, needs_shared, small_dnn
@@ -43,7 +44,7 @@ def test_tflite_copy_matches_keras_within_tolerance(tmp_path):
 
 def test_lite_model_loads_without_tensorflow(tmp_path):
     export_tflite(_tiny_cnn(), tmp_path / "m.tflite", np.zeros((2, 28, 28, 1), np.float32))
-    code = ("import sys, numpy as np; from cnnlab.export import LiteModel; "
+    code = ("import sys, numpy as np; from cnnlab.litert import LiteModel; "
             f"p = LiteModel({str(tmp_path / 'm.tflite')!r}).predict(np.zeros((1, 28, 28, 1))); "
             "print(p.shape, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -255,7 +255,7 @@ def test_augmentation_changes_training_batches_only_and_never_the_saved_models(r
     for model_file in (run / "best.keras", run / "resume" / "state.keras"):
         classes = _layer_classes(model_file)
         assert not [name for name in classes if name.startswith("Random")], classes
-    from cnnlab.export import LiteModel
+    from cnnlab.litert import LiteModel
 
     lite = LiteModel(run / "model.tflite")
     x = np.random.default_rng(0).random((3, 32, 32, 3)).astype("float32")

@@ -18,7 +18,8 @@ import yaml
 from cnnlab import rundir
 from cnnlab.config import validate_config
 from cnnlab.errors import CnnlabError
-from cnnlab.train import StopRequest, resume, train
+from cnnlab.backend import StopRequest
+from cnnlab.train import resume, train
 
 from conftest import DATA_DIR, SignalInDel, needs_data, small_dnn
 
