@@ -7,7 +7,7 @@ From the config's `train` section this module makes
 - the loss object (`keras.losses.*Crossentropy` with label smoothing / from_logits,
   `MeanSquaredError`, `MeanAbsoluteError`);
 - the metric objects (accuracy, top-k accuracy, precision, recall, AUC, MSE, MAE);
-- the learning-rate callback of reduce_on_plateau (`keras.callbacks.ReduceLROnPlateau`).
+- the learning-rate callback of reduce_on_plateau (`cnnlab.callbacks.ResumableReduceLROnPlateau`).
 
 A schedule is a function of the optimizer's step counter, which `resume/state.keras`
 saves with the optimizer, so a resumed run continues the schedule where it stopped.
@@ -150,7 +150,12 @@ def schedule_callbacks(keras, cfg: Config, steps_per_epoch: int, history: list[d
     if schedule is None:
         return []
     if schedule.name == "reduce_on_plateau":
-        return [_reduce_on_plateau(keras, schedule, history, verbose=cfg.train.verbose != 0)]
+        from cnnlab.callbacks import ResumableReduceLROnPlateau  # Keras is imported now
+
+        return [ResumableReduceLROnPlateau(
+            history, monitor=schedule.monitor, mode=monitor_mode(schedule.monitor, schedule.mode),
+            factor=schedule.factor, patience=schedule.patience, min_delta=schedule.min_delta,
+            cooldown=schedule.cooldown, min_lr=schedule.min_learning_rate, verbose=int(cfg.train.verbose != 0))]
     return []
 
 
@@ -162,30 +167,3 @@ def one_cycle_rate(step: int, total_steps: int, max_rate: float, warmup_fraction
         return start + (max_rate - start) * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
     return end + (max_rate - end) * 0.5 * (1.0 + np.cos(np.pi * progress))
-
-
-def _reduce_on_plateau(keras, schedule, history: list[dict], verbose: bool):
-    """keras.callbacks.ReduceLROnPlateau that, in a resumed run, first replays the finished epochs.
-
-    Its patience and cooldown counters live in the callback, not in the saved state; replaying
-    the history's monitored values from the first epoch's learning rate puts them, and the
-    learning rate, where the interrupted run had them, by Keras' own rule.
-    """
-
-    class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            rows = [row for row in history if schedule.monitor in row]
-            if not rows:
-                return
-            self.model.optimizer.learning_rate = rows[0]["learning_rate"]
-            loud, self.verbose = self.verbose, 0
-            for epoch, row in enumerate(rows):
-                super().on_epoch_end(epoch, {schedule.monitor: row[schedule.monitor]})
-            self.verbose = loud
-
-    return ResumableReduceLROnPlateau(
-        monitor=schedule.monitor, mode=monitor_mode(schedule.monitor, schedule.mode), factor=schedule.factor,
-        patience=schedule.patience, min_delta=schedule.min_delta, cooldown=schedule.cooldown,
-        min_lr=schedule.min_learning_rate, verbose=int(verbose),
-    )

@@ -12,7 +12,7 @@ How a run ends, in run.json's status (see rundir.py):
 - completed: metrics.json written; `TrainResult.status == "completed"`.
 - interrupted: Ctrl-C or SIGTERM (`TrainResult.status == "interrupted"`); a full disk
   raises a CnnlabError that names the file and says how to resume.
-- diverged: the loss became NaN, infinite or exploded (`EXPLODED`); raises `Diverged`
+- diverged: the loss became NaN, infinite or exploded (`cnnlab.callbacks.EXPLODED`); raises `Diverged`
   (after scoring the best checkpoint of the epochs before, if there is one).
 - failed: any other error, recorded in run.json and raised.
 
@@ -379,12 +379,18 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     say(summary)
 
+    from cnnlab.callbacks import DivergenceGuard, ResumableEarlyStopping, RunRecorder  # Keras is imported now
+
     stop = hooks.stop or StopRequest()
-    guard = _divergence_guard(keras)
-    recorder = _recorder_class(keras)(cfg, run_dir, rows, stop, say, guard)
+    guard = DivergenceGuard()
+    ck, es = cfg.train.checkpoint, cfg.train.early_stopping
+    recorder = RunRecorder(run_dir, rows, stop, ck.monitor, monitor_mode(ck.monitor, ck.mode), ck.filename,
+                           ck.save_best_only, say, guard)
     callbacks = [recorder, guard]
-    if cfg.train.early_stopping is not None:
-        callbacks.append(_early_stopping(keras, cfg, history))
+    if es is not None:
+        callbacks.append(ResumableEarlyStopping(
+            history, monitor=es.monitor, mode=monitor_mode(es.monitor, es.mode), patience=es.patience,
+            min_delta=es.min_delta, restore_best_weights=es.restore_best_weights))
     callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
@@ -666,137 +672,6 @@ def _verbose(cfg: Config) -> int:
     if cfg.train.verbose != "auto":
         return cfg.train.verbose
     return 1 if sys.stdout.isatty() else 2  # a live bar on a terminal, a line per epoch in logs
-
-
-def _early_stopping(keras, cfg: Config, history: list[dict]):
-    es = cfg.train.early_stopping
-    mode = monitor_mode(es.monitor, es.mode)
-    resumed = None
-    values = [row[es.monitor] for row in history if es.monitor in row]
-    if values:  # a resumed run keeps counting patience where it left off
-        best_index = int(np.argmax(values) if mode == "max" else np.argmin(values))
-        resumed = (values[best_index], len(values) - 1 - best_index)
-
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if resumed is not None:
-                self.best, self.wait = resumed
-
-    return ResumableEarlyStopping(
-        monitor=es.monitor, mode=mode, patience=es.patience,
-        min_delta=es.min_delta, restore_best_weights=es.restore_best_weights,
-    )
-
-
-def _recorder_class(keras):
-    """The recorder subclasses keras.callbacks.Callback, so it is made once Keras is imported."""
-
-    class RunRecorder(keras.callbacks.Callback):
-        """After every epoch: history row, best checkpoint, resume state, all atomic."""
-
-        # Its batch hooks only read a flag: Keras may call them from its worker thread, so
-        # that `fit` need not wait for every step's logs (a stop request raised there reaches
-        # the training loop at the next batch, as Keras re-raises it from the future).
-        async_safe = True
-
-        def __init__(self, cfg: Config, run_dir: Path, rows: list[dict], stop: StopRequest, say: Echo = print,
-                     guard=None):
-            super().__init__()
-            # rows: the finished epochs, appended to in place (the caller reads them after an interruption)
-            self.cfg, self.run_dir, self.rows, self.stop, self.say = cfg, run_dir, rows, stop, say
-            self.guard = guard  # the divergence guard: an epoch it stopped is not recorded
-            ck = cfg.train.checkpoint
-            self.monitor, self.mode = ck.monitor, monitor_mode(ck.monitor, ck.mode)
-            seen = [row[self.monitor] for row in self.rows if self.monitor in row]
-            self.best = (max(seen) if self.mode == "max" else min(seen)) if seen else None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch_started = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.stop.check()
-
-        def on_test_batch_end(self, batch, logs=None):
-            self.stop.check()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = {key: float(value) for key, value in (logs or {}).items()}
-            if self.guard is not None and self.guard.diverged is not None:
-                return  # the epoch the loss diverged in (the guard stopped it): nothing of it is kept
-            row = {"epoch": epoch + 1, **logs}
-            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            row["seconds"] = round(time.perf_counter() - self._epoch_started, 3)
-            rows = [*self.rows, row]  # self.rows gets it once every file of the epoch is written
-            value = logs.get(self.monitor)
-            improved = value is not None and (
-                self.best is None or (value > self.best if self.mode == "max" else value < self.best)
-            )
-            # The resume state is renamed into place last: a kill before that leaves the previous
-            # epoch's state, and `resume` replays this epoch (it trusts the state, not the history).
-            with rundir.atomic_path(self.run_dir / rundir.RESUME_STATE, suffix=".keras") as state:
-                self.model.save(state)
-                if improved:  # the same model and optimizer: a copy, not a second serialisation
-                    rundir.copy_file(state, self.run_dir / rundir.BEST)
-                pattern = self.cfg.train.checkpoint.filename
-                if pattern and (improved or not self.cfg.train.checkpoint.save_best_only):
-                    named = self.run_dir / pattern.format(epoch=epoch + 1, **logs)
-                    rundir.save_model(self.model, named)
-                    self.say(f"\nepoch {epoch + 1}: saved {named}")  # Keras' ModelCheckpoint says it too
-                self._write_history(rows)
-                rundir.update_json(self.run_dir / rundir.RUN, epochs_completed=len(rows))
-            self.rows.append(row)
-            if improved:
-                self.best = value
-
-        def _write_history(self, rows: list[dict]):
-            keys = list(dict.fromkeys(key for row in rows for key in row))
-            lines = [",".join(keys)] + [",".join(_csv_value(row.get(key)) for key in keys) for row in rows]
-            rundir.write_text(self.run_dir / rundir.HISTORY_CSV, "\n".join(lines) + "\n")
-            rundir.write_json(self.run_dir / rundir.HISTORY_JSON, {"epochs": rows})
-
-    return RunRecorder
-
-
-EXPLODED = 1000.0  # a running loss this many times above max(its first value, 1) has diverged
-
-
-def _divergence_guard(keras):
-    """Keras' TerminateOnNaN, which also stops an exploding loss and remembers where it diverged.
-
-    A learning rate far too large does not always give NaN: dnn.yaml with SGD at 1e5 reaches a
-    finite loss of 1e30 (Keras computes cross-entropy from the softmax's logits, which are
-    unbounded) and ends at chance accuracy. So a running loss above EXPLODED times its first
-    value (or 1, if that was smaller) stops training too: cross-entropy at chance is ln(classes),
-    about 2.3 for 10, so 1000 is far beyond any model that is still learning.
-    """
-
-    class DivergenceGuard(keras.callbacks.TerminateOnNaN):
-        diverged: dict | None = None
-        first: float | None = None
-        async_safe = True  # it reads the loss and sets stop_training: a step or two later is as good
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_batch_end(self, batch, logs=None):
-            super().on_batch_end(batch, logs)  # NaN or inf: Keras sets model.stop_training
-            loss = (logs or {}).get("loss")
-            if loss is None or self.diverged is not None:
-                return
-            loss = float(loss)
-            if self.first is None and np.isfinite(loss):
-                self.first = loss
-            if np.isfinite(loss) and loss <= EXPLODED * max(self.first, 1.0):
-                return
-            self.model.stop_training = True
-            self.diverged = {"epoch": self.epoch + 1, "batch": batch + 1, "loss": f"{loss:.4g}"}
-
-    return DivergenceGuard()
-
-
-def _csv_value(value) -> str:
-    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
 def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: tuple[str, ...], trained=None,

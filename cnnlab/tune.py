@@ -458,6 +458,7 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
     """Train one trial into its run directory and tell Optuna how it ended (complete, pruned, failed)."""
     from optuna.trial import TrialState
 
+    from cnnlab.callbacks import Pruning  # Keras is imported now
     from cnnlab.train import Hooks, train
 
     tune = search.tune
@@ -469,7 +470,7 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
     keras.backend.clear_session(free_memory=False)
     try:
         cfg = trial_config(search.base, params, search.source, f"trial-{trial.number:03d}")
-        pruning = _pruning_callback(keras, trial, tune.objective, cfg.train.epochs)
+        pruning = Pruning(trial, tune.objective, cfg.train.epochs)
         # the data is read once for all trials; no model.tflite (predict runs a trial's best.keras with Keras)
         result = train(cfg, search.source, runs_dir=folder, device=device, echo=lambda line: None, quiet=True,
                        hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False, report=False,
@@ -521,25 +522,6 @@ def _suggest(trial, key: str, space: SearchRange):
 def _unhashable(choices: list) -> bool:
     """Optuna's categorical values are None, bool, int, float or str: mappings and lists go by index."""
     return any(not isinstance(choice, (type(None), bool, int, float, str)) for choice in choices)
-
-
-def _pruning_callback(keras, trial, objective: str, epochs: int):
-    """Tells Optuna the objective after every epoch; stops training (at the epoch's end) when it prunes.
-    After the last epoch there is nothing left to save: the trial is complete, whatever the pruner says."""
-
-    class Pruning(keras.callbacks.Callback):
-        pruned_at: int | None = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(objective)
-            if value is None or not math.isfinite(float(value)):
-                return
-            trial.report(float(value), epoch + 1)
-            if epoch + 1 < epochs and trial.should_prune():
-                self.pruned_at = epoch + 1
-                self.model.stop_training = True
-
-    return Pruning()
 
 
 def _params_text(params: dict) -> str:
