@@ -47,6 +47,7 @@ import numpy as np
 from cnnlab import rundir
 from cnnlab.config import Config
 from cnnlab.errors import CnnlabError
+from cnnlab.loop import gradient_update, run_epochs
 
 PEER_TIMEOUT_ENV = "CNNLAB_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 120.0  # seconds every worker has to come up (TensorFlow itself waits forever)
@@ -394,7 +395,6 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
 
     strategy, replicas, batch = dist.strategy, dist.replicas, dist.global_batch
     count = len(splits.x_train)
-    steps = -(-count // batch)
     with dist.scope():  # the compiled loss, summed: the step divides by the global batch itself
         loss_sum = type(model.loss).from_config({**model.loss.get_config(), "reduction": "sum"})
     single = splits.y_train.ndim == 1 and model.output_shape[-1] == 1
@@ -410,14 +410,14 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
     @tf.function(reduce_retracing=True)
     def train_step(x, y, samples):
         def replica(x, y):
-            with tf.GradientTape() as tape:
+            def forward():
                 p = model(x, training=True)
                 loss = loss_sum(y, p) / samples  # summed over replicas: the mean over the global batch
                 if model.losses:  # the kernel regularizers' penalties, once per step in all
                     loss += tf.add_n(model.losses) / replicas
-            variables = model.trainable_variables
-            model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss, hits(y, p)
+                return loss, hits(y, p)
+
+            return gradient_update(tf, model, forward)
 
         loss, right = strategy.run(replica, args=(x, y))
         return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", right, axis=None)
@@ -443,37 +443,23 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
         return (strategy.experimental_distribute_values_from_function(lambda ctx: values(ctx, 0)),
                 strategy.experimental_distribute_values_from_function(lambda ctx: values(ctx, 1)))
 
-    callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model, verbose=verbose,
-                                                 epochs=cfg.train.epochs, steps=steps)
-    model.stop_training = False
-    epoch = initial_epoch
+    at = {"epoch": initial_epoch}  # where a lost peer stopped the training
+
+    def train_batch(epoch: int, index):
+        at["epoch"] = epoch
+        x, y = distributed(np.array_split(index, replicas))
+        return train_step(x, y, tf.constant(len(index), tf.float32))
+
+    def validate() -> dict:
+        return _validation(eval_step, splits.x_val, splits.y_val, max(batch, 256)) if splits.x_val is not None else {}
+
     try:
-        callback_list.on_train_begin()
-        for epoch in range(initial_epoch, cfg.train.epochs):
-            callback_list.on_epoch_begin(epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(count)
-            total, correct = 0.0, 0.0
-            for step in range(steps):
-                index = order[step * batch:(step + 1) * batch]
-                callback_list.on_train_batch_begin(step)
-                x, y = distributed(np.array_split(index, replicas))
-                loss, right = train_step(x, y, tf.constant(len(index), tf.float32))
-                total, correct = total + float(loss) * len(index), correct + float(right)
-                seen = step * batch + len(index)
-                callback_list.on_train_batch_end(step, {"loss": total / seen, "accuracy": correct / seen})
-                if model.stop_training:
-                    break
-            logs = {"loss": total / count, "accuracy": correct / count}
-            if splits.x_val is not None:
-                logs.update(_validation(eval_step, splits.x_val, splits.y_val, max(batch, 256)))
-            callback_list.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-        callback_list.on_train_end(logs=None)
+        run_epochs(keras, model, callbacks, epochs=cfg.train.epochs, initial_epoch=initial_epoch, samples=count,
+                   batch_size=batch, seed=cfg.seed, train_batch=train_batch, validate=validate, verbose=verbose)
     except tf.errors.OpError as exc:
         if type(exc).__name__ not in LOST:
             raise
-        raise PeerLost(_lost_message(dist, exc, epoch, run_dir)) from None
+        raise PeerLost(_lost_message(dist, exc, at["epoch"], run_dir)) from None
 
 
 def _validation(eval_step, x, y, batch: int) -> dict:

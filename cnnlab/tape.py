@@ -5,7 +5,7 @@ takes a batch, computes softmax cross-entropy on the model's logits under a
 `tf.GradientTape`, and applies the gradients with the configured optimizer (the
 reference config uses SGD lr 0.01, batch 128). After every epoch it scores the
 validation split. It drives the same Keras callbacks `model.fit` would (cnnlab's run
-recorder, early stopping, TensorBoard, the progress bar), so the run directory is the
+recorder, early stopping, TensorBoard, the progress bar; the epochs are `cnnlab.loop`'s), so the run directory is the
 same — best.keras, history.csv/json, loss.png/accuracy.png, metrics.json — plus the
 per-iteration training loss:
 
@@ -37,6 +37,7 @@ import numpy as np
 from cnnlab import rundir
 from cnnlab.config import Config
 from cnnlab.data import Splits
+from cnnlab.loop import gradient_update, run_epochs
 from cnnlab.plots import plot_iterations
 
 ITERATIONS_CSV = "iterations.csv"
@@ -62,41 +63,25 @@ def fit_with_gradient_tape(model, cfg: Config, splits: Splits, callbacks: list, 
     import keras
     import tensorflow as tf
 
-    batch_size = cfg.train.batch_size
-    steps = -(-len(splits.x_train) // batch_size)
     train_step, eval_step = _steps(keras, tf, model, sparse=not cfg.one_hot_labels())
-    callback_list = keras.callbacks.CallbackList(
-        callbacks, add_progbar=verbose != 0, model=model,
-        verbose=verbose, epochs=cfg.train.epochs, steps=steps,
-    )
     iterations = _read_iterations(run_dir / ITERATIONS_CSV, initial_epoch)
-    model.stop_training = False
-    callback_list.on_train_begin()
+
+    def train_batch(epoch: int, index):
+        loss, hits = train_step(splits.x_train[index], splits.y_train[index])
+        iterations.append((len(iterations) + 1, epoch + 1, float(loss)))
+        return loss, hits
+
+    def validate() -> dict:
+        if splits.x_val is None:
+            return {}
+        val_loss, val_accuracy = _evaluate(eval_step, splits.x_val, splits.y_val)
+        return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+
     try:
-        for epoch in range(initial_epoch, cfg.train.epochs):
-            callback_list.on_epoch_begin(epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(splits.x_train))
-            loss_sum, correct = 0.0, 0
-            for step in range(steps):
-                index = order[step * batch_size:(step + 1) * batch_size]
-                callback_list.on_train_batch_begin(step)
-                loss, hits = train_step(splits.x_train[index], splits.y_train[index])
-                loss = float(loss)
-                loss_sum, correct = loss_sum + loss * len(index), correct + int(hits)
-                iterations.append((len(iterations) + 1, epoch + 1, loss))
-                seen = step * batch_size + len(index)
-                callback_list.on_train_batch_end(step, {"loss": loss_sum / seen, "accuracy": correct / seen})
-                if model.stop_training:  # e.g. TerminateOnNaN: the loss diverged, as model.fit stops mid-epoch
-                    break
-            logs = {"loss": loss_sum / len(order), "accuracy": correct / len(order)}
-            if splits.x_val is not None:
-                val_loss, val_accuracy = _evaluate(eval_step, splits.x_val, splits.y_val)
-                logs.update(val_loss=val_loss, val_accuracy=val_accuracy)
-            _write_iterations(run_dir / ITERATIONS_CSV, iterations)
-            callback_list.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-        callback_list.on_train_end(logs=None)
+        run_epochs(keras, model, callbacks, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+                   samples=len(splits.x_train), batch_size=cfg.train.batch_size, seed=cfg.seed,
+                   train_batch=train_batch, validate=validate, verbose=verbose,
+                   epoch_done=lambda epoch: _write_iterations(run_dir / ITERATIONS_CSV, iterations))
     finally:  # an interrupted run keeps its curve too
         if iterations:
             history = run_dir / rundir.HISTORY_JSON
@@ -125,16 +110,14 @@ def _steps(keras, tf, model, sparse: bool):
 
     @tf.function(reduce_retracing=True)
     def train_step(x, y):
-        with tf.GradientTape() as tape:
+        def forward():
             z = logits(x, training=True)
             loss = tf.reduce_mean(per_sample(y, z))
             if model.losses:  # the layers' kernel_regularizer penalties, as model.fit adds them
                 loss += tf.add_n(model.losses)
-        variables = model.trainable_variables
-        # scale_loss: identity, except under mixed_float16's LossScaleOptimizer (which unscales in apply)
-        scaled = model.optimizer.scale_loss(loss)
-        model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return loss, hits(y, z)
+            return loss, hits(y, z)
+
+        return gradient_update(tf, model, forward)
 
     @tf.function(reduce_retracing=True)
     def eval_step(x, y):
