@@ -6,6 +6,7 @@
   (what C++ code prints never passes through `sys.stdout`); `silenced` adds Python's own
   stdout and warnings, for converters that print pages of details.
 - `environment(keras, device)` is what environment.json records about this process.
+- `step(label)` shows a status line on stderr around a slow step (a spinner on a terminal).
 - `StopRequest` turns Ctrl-C and SIGTERM into a stop at the next batch; `sigterm_interrupts`
   makes SIGTERM raise KeyboardInterrupt like Ctrl-C, for commands that are not inside a fit.
 
@@ -28,6 +29,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from typing import Callable, Iterator
@@ -102,6 +104,36 @@ def environment(keras, device_name: str) -> dict:
         "tensorflow": version("tensorflow") or version("tensorflow-cpu"), "numpy": np.__version__,
         "device": device_name,
     }
+
+
+@contextmanager
+def step(label: str, quiet: bool = False, spinner: bool = True) -> Iterator[None]:
+    """Say on stderr that a slow step is running: `with step("scoring 10,000 test images"): ...`.
+
+    Args:
+        label: what is being done, for people ("loading mnist").
+        quiet: say nothing (`--quiet`).
+        spinner: False for a step that draws its own progress bar (a spinner would fight it
+            for the terminal): the plain line then.
+
+    On a terminal a spinner, then the label with how long it took; in a log one line
+    "label ..." when the step starts.
+    """
+    if quiet:
+        yield
+        return
+    if not spinner or not sys.stderr.isatty():
+        print(f"{label} ...", file=sys.stderr, flush=True)
+        yield
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(stderr=True, highlight=False)
+    started = time.perf_counter()
+    with console.status(Text(f"{label} ...")):
+        yield
+    console.print(Text(f"{label} ({time.perf_counter() - started:.1f} s)"))
 
 
 # --- what C++ code prints ---------------------------------------------------------------

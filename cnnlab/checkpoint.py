@@ -41,7 +41,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
@@ -54,13 +54,8 @@ from cnnlab.model import available_memory, format_bytes
 if TYPE_CHECKING:
     from cnnlab.config import Loss
 
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 DEFAULT_DATASET = "mnist"
 DEFAULT_SCALE = 255.0
-_KNOWN_LOSSES = (
-    "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
-    "mse", "mean_squared_error", "mae", "mean_absolute_error",
-)
 _LOSS_CLASSES = {  # a loss object in a file's compile config, by its Keras class
     "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
     "CategoricalCrossentropy": "categorical_crossentropy", "BinaryCrossentropy": "binary_crossentropy",
@@ -188,10 +183,10 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
             )
     else:
         path = target
-        if path.suffix.lower() not in MODEL_SUFFIXES:
+        if path.suffix.lower() not in rundir.MODEL_SUFFIXES:
             raise CnnlabError(
                 f"{path}: is not a model file cnnlab can load; give a run directory or a "
-                f"{', '.join(MODEL_SUFFIXES)} file."
+                f"{', '.join(rundir.MODEL_SUFFIXES)} file."
             )
         kind, loss = f"{path.suffix.lower()} file", None
         owner = _owning_run(path)
@@ -335,7 +330,7 @@ def _read_model_config(path: Path) -> tuple[dict, str | None, str | None]:
     complete model is a clear error here.
     """
     if path.is_dir():
-        raise CnnlabError(f"{path}: is a folder; a model file ends in {', '.join(MODEL_SUFFIXES)}.")
+        raise CnnlabError(f"{path}: is a folder; a model file ends in {', '.join(rundir.MODEL_SUFFIXES)}.")
     if path.suffix.lower() == ".keras":
         check_archive(path)  # before any entry is read, by us or by Keras
         try:
@@ -472,10 +467,10 @@ def _as_model_config(config, path: Path) -> dict:
 
 def _file_loss(loss) -> Loss | None:
     """The loss a file's compile config names: a string, or a serialised Keras loss object."""
-    from cnnlab.config import Loss  # pydantic: only where a file names its loss (predict stays light)
+    from cnnlab.config.schema import Loss, LossName  # pydantic: only where a file names its loss (predict stays light)
 
     if isinstance(loss, str):
-        return Loss(name=loss) if loss in _KNOWN_LOSSES else None
+        return Loss(name=loss) if loss in get_args(LossName) else None
     if not isinstance(loss, dict) or loss.get("class_name") not in _LOSS_CLASSES:
         return None
     options = loss.get("config") if isinstance(loss.get("config"), dict) else {}

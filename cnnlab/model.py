@@ -420,7 +420,7 @@ def _check_filename_pattern(pattern: str, names: list[str], source: str) -> None
                 f"{where}: placeholder {{{field}}} is not a logged value; valid placeholders: {valid}."
             )
     try:
-        pattern.format(epoch=1, **{name: 0.5 for name in names})
+        pattern.format(epoch=1, **dict.fromkeys(names, 0.5))
     except (ValueError, TypeError) as exc:
         raise CnnlabError(
             f"{where}: {exc}; epoch is an integer ({{epoch:02d}}), the other values are floats ({{val_accuracy:0.2f}})."

@@ -68,6 +68,7 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 METRICS = "metrics.json"
 DATA = "data.json"
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")  # the Keras model files cnnlab loads (best.keras is one)
 RESUME_STATE = "resume/state.keras"
 
 

@@ -16,7 +16,8 @@ How a run ends, in run.json's status (see rundir.py):
   (after scoring the best checkpoint of the epochs before, if there is one).
 - failed: any other error, recorded in run.json and raised.
 
-`step(label)` shows a status line on stderr around a slow step (a spinner on a terminal).
+How a run ends is `cnnlab.outcome`; starting weights are `cnnlab.init_from`; the callbacks
+`cnnlab.callbacks`; TensorFlow's start-up `cnnlab.backend`.
 
 Example:
     cfg = load_config("configs/cnn.yaml", ["train.epochs=1"])
@@ -28,30 +29,42 @@ from __future__ import annotations
 
 import errno
 import gc
-import itertools
-import re
 import shlex
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from cnnlab import distribute, rundir
-from cnnlab.backend import StopRequest, environment, init_backend
+from cnnlab.backend import StopRequest, environment, init_backend, step
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_run_config, validate_config
 from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
+from cnnlab.init_from import StartingWeights, starting_weights
 from cnnlab.litert import TFLITE
-from cnnlab.model import ModelPlan, build_model, check_model, class_predictions, summary_text
+from cnnlab.model import (
+    ModelPlan,
+    build_model,
+    check_model,
+    class_predictions,
+    summary_text,
+)
+from cnnlab.outcome import (
+    Diverged,
+    disk_full,
+    divergence_message,
+    error_line,
+    interrupted,
+    mark,
+    now,
+)
 from cnnlab.plots import plot_history
 
 Echo = Callable[[str], None]
@@ -87,50 +100,6 @@ class Hooks:
     stop: StopRequest | None = None
 
 
-class Diverged(CnnlabError):
-    """The loss became NaN, infinite or exploded: training stopped, run.json says `"status": "diverged"`.
-
-    Args:
-        message: the sentence the user sees (where it diverged, what to try).
-        run_dir: the run directory.
-        epoch, batch: where the loss diverged (1-based).
-    """
-
-    def __init__(self, message: str, run_dir: Path, epoch: int, batch: int):
-        super().__init__(message)
-        self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
-
-
-@contextmanager
-def step(label: str, quiet: bool = False, spinner: bool = True) -> Iterator[None]:
-    """Say on stderr that a slow step is running: `with step("scoring 10,000 test images"): ...`.
-
-    Args:
-        label: what is being done, for people ("loading mnist").
-        quiet: say nothing (`--quiet`).
-        spinner: False for a step that draws its own progress bar (a spinner would fight it
-            for the terminal): the plain line then.
-
-    On a terminal a spinner, then the label with how long it took; in a log one line
-    "label ..." when the step starts.
-    """
-    if quiet:
-        yield
-        return
-    if not spinner or not sys.stderr.isatty():
-        print(f"{label} ...", file=sys.stderr, flush=True)
-        yield
-        return
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console(stderr=True, highlight=False)
-    started = time.perf_counter()
-    with console.status(Text(f"{label} ...")):
-        yield
-    console.print(Text(f"{label} ({time.perf_counter() - started:.1f} s)"))
-
-
 def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device: str = "auto",
           echo: Echo = print, quiet: bool = False, progress: Progress | None = None,
           hooks: Hooks | None = None) -> TrainResult:
@@ -154,12 +123,12 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
     if dist is not None and not dist.chief:  # only the chief writes the run directory
         runs_dir, quiet = dist.private_dir(), True
-    start = _starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
+    start = starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
     run_dir = rundir.create_run_dir(runs_dir, cfg.name)
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     rundir.write_json(run_dir / rundir.RUN, {
         "name": cfg.name, "status": "running", "config_source": str(source),
-        "started": _now(), "epochs_planned": cfg.train.epochs, "epochs_completed": 0,
+        "started": now(), "epochs_planned": cfg.train.epochs, "epochs_completed": 0,
         **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
     })
     _info(echo, quiet)(f"run directory: {run_dir}")
@@ -235,13 +204,13 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
     if extend:
         rundir.write_text(config_path, cfg.to_yaml())
         info["extensions"] = [*info.get("extensions", []),
-                              {"epochs": [info.get("epochs_planned"), cfg.train.epochs], "at": _now()}]
+                              {"epochs": [info.get("epochs_planned"), cfg.train.epochs], "at": now()}]
         es = cfg.train.early_stopping
         if status == "completed" and es is not None and len(history) < (info.get("epochs_planned") or 0):
             say(f"note: early stopping ended this run after epoch {len(history)} ({es.monitor} did not improve for "
                 f"{es.patience} epochs); it stops again after the next epoch unless {es.monitor} improves.")
     info.pop("error", None)
-    info.update(status="running", resumed=_now(), epochs_planned=cfg.train.epochs, **rundir.this_process())
+    info.update(status="running", resumed=now(), epochs_planned=cfg.train.epochs, **rundir.this_process())
     rundir.write_json(run.path / rundir.RUN, info)
     say(f"resuming {run.path} after epoch {len(history)}" + (f", now for {cfg.train.epochs} epochs" if extend else ""))
     return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet, dist=dist)
@@ -327,13 +296,14 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     try:
         return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks or Hooks())
     except KeyboardInterrupt:
-        return _interrupted(cfg, run_dir, rows, echo)
+        interrupted(cfg, run_dir, rows, echo, marked=lambda: _report(run_dir, None, echo))
+        return TrainResult(run_dir, "interrupted", {})
     except Diverged:
         raise
     except Exception as exc:
         if isinstance(exc, rundir.DiskFull) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
-            raise _disk_full(exc, run_dir, rows) from None
-        _mark(run_dir, status="failed", stopped=_now(), epochs_completed=len(rows), error=_first_line(exc))
+            raise disk_full(exc, run_dir, rows) from None
+        mark(run_dir, status="failed", stopped=now(), epochs_completed=len(rows), error=error_line(exc))
         raise
     finally:
         if interactive:
@@ -379,7 +349,11 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     say(summary)
 
-    from cnnlab.callbacks import DivergenceGuard, ResumableEarlyStopping, RunRecorder  # Keras is imported now
+    from cnnlab.callbacks import (  # Keras is imported now
+        DivergenceGuard,
+        ResumableEarlyStopping,
+        RunRecorder,
+    )
 
     stop = hooks.stop or StopRequest()
     guard = DivergenceGuard()
@@ -422,8 +396,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     if diverged is not None and not (run_dir / rundir.BEST).exists():
         if rows:
             plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
-        _mark(run_dir, status="diverged", stopped=_now(), epochs_completed=len(rows), diverged_at=diverged)
-        raise Diverged(_divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
+        mark(run_dir, status="diverged", stopped=now(), epochs_completed=len(rows), diverged_at=diverged)
+        raise Diverged(divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
 
     # The result line comes first, the curves and the TFLite copy (~1 s together) after it.
     # the model that trained is scored with the best weights (its evaluate step is traced by the
@@ -457,11 +431,11 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
 
     outputs = TestOutputs(data.images if data.info.is_image else None, splits.labels_test, probs, splits.x_test.rows)
     if diverged is not None:
-        _mark(run_dir, status="diverged", stopped=_now(), epochs_completed=len(rows), diverged_at=diverged)
+        mark(run_dir, status="diverged", stopped=now(), epochs_completed=len(rows), diverged_at=diverged)
         if hooks.report:
             _report(run_dir, outputs, say)
-        raise Diverged(_divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
-    rundir.update_json(run_dir / rundir.RUN, status="completed", finished=_now(), epochs_completed=len(rows))
+        raise Diverged(divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
+    rundir.update_json(run_dir / rundir.RUN, status="completed", finished=now(), epochs_completed=len(rows))
     if hooks.report:
         _report(run_dir, outputs, say)
     _written(cfg, run_dir, say)
@@ -470,42 +444,6 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
 
 def _count(x) -> str:
     return f"{len(x):,}"
-
-
-def _mark(run_dir: Path, **changes) -> bool:
-    """Record how a run ended in run.json; False when even that could not be written."""
-    try:
-        rundir.update_json(run_dir / rundir.RUN, **changes)
-        return True
-    except (OSError, CnnlabError):
-        return False
-
-
-def _first_line(exc: BaseException) -> str:
-    """The error for run.json: a user mistake's own sentence, or a bug's type and first line."""
-    lines = str(exc).strip().splitlines()
-    if isinstance(exc, CnnlabError):
-        return lines[0] if lines else type(exc).__name__
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def _interrupted(cfg: Config, run_dir: Path, rows: list[dict], echo: Echo) -> TrainResult:
-    """Ctrl-C or SIGTERM: keep what finished and say what is true about it."""
-    if rows:
-        try:
-            plot_history(rows, run_dir, cfg.name)
-        except rundir.DiskFull:
-            pass  # the curves are a convenience; the run's own files matter more
-    _mark(run_dir, status="interrupted", stopped=_now(), epochs_completed=len(rows))
-    _report(run_dir, None, echo)
-    if (run_dir / rundir.RESUME_STATE).exists():
-        kept = f"; {rundir.BEST} is kept" if (run_dir / rundir.BEST).exists() else ""
-        echo(f"\ninterrupted after {len(rows)} finished epoch(s){kept}.")
-        echo(f"resume with: cnnlab train --resume {shlex.quote(str(run_dir))}")
-    else:
-        echo("\ninterrupted before the first epoch finished: nothing was saved (no checkpoint, nothing to resume).")
-        echo(f"delete {run_dir}, or train its config again: cnnlab train {shlex.quote(str(run_dir / rundir.CONFIG))}")
-    return TrainResult(run_dir, "interrupted", {})
 
 
 def _report(run_dir: Path, outputs, say: Echo) -> None:
@@ -518,52 +456,7 @@ def _report(run_dir: Path, outputs, say: Echo) -> None:
     try:
         write_report(run_dir, outputs, predict=False)
     except Exception as exc:  # noqa: BLE001 - the run's own files are all written by now
-        say(f"note: no {REPORT} written ({_first_line(exc)})")
-
-
-def _disk_full(exc: Exception, run_dir: Path, rows: list[dict]) -> CnnlabError:
-    """A full disk: the run is interrupted (its atomic files are whole) and resumable once space is freed."""
-    path = exc.path if isinstance(exc, rundir.DiskFull) else Path(getattr(exc, "filename", None) or run_dir)
-    needed = exc.needed if isinstance(exc, rundir.DiskFull) else None
-    checkpoints = [run_dir / rundir.RESUME_STATE, run_dir / rundir.BEST]
-    if path in checkpoints:  # an epoch writes both beside their previous versions before the renames
-        needed = sum(file.stat().st_size for file in checkpoints if file.is_file()) or None
-    what = str(rundir.DiskFull(path, rundir.free_bytes(run_dir), needed))  # measured now, the temporaries gone
-    marked = _mark(run_dir, status="interrupted", stopped=_now(), epochs_completed=len(rows), error=what)
-    note = "" if marked else f" ({rundir.RUN} could not be updated either)"
-    if (run_dir / rundir.RESUME_STATE).exists():
-        return CnnlabError(
-            f"{what}; the run is interrupted after {len(rows)} finished epoch(s){note}, its {rundir.BEST} intact: "
-            f"free some space, then continue it with `cnnlab train --resume {shlex.quote(str(run_dir))}`."
-        )
-    return CnnlabError(
-        f"{what}; no epoch had finished, so there is nothing to resume{note}: free some space, then train again "
-        f"with `cnnlab train {shlex.quote(str(run_dir / rundir.CONFIG))}`."
-    )
-
-
-def _divergence_message(cfg: Config, run_dir: Path, at: dict, rows: list[dict]) -> str:
-    where = (f"{run_dir}: training diverged: the loss reached {at['loss']} at epoch {at['epoch']}, "
-             f"batch {at['batch']} of {at['batches']}")
-    if (run_dir / rundir.BEST).exists():
-        kept = f"It stopped; {rundir.BEST}, from the {len(rows)} epoch(s) before, is scored above"
-    else:
-        kept = "It stopped with no checkpoint saved"
-    optimizer = cfg.train.optimizer
-    if cfg.train.lr_schedule is not None:
-        key, rate, default = "train.lr_schedule.max_learning_rate", cfg.train.lr_schedule.max_learning_rate, None
-    else:
-        key, rate = "train.optimizer.learning_rate", optimizer.learning_rate
-        default = type(optimizer).model_fields["learning_rate"].default
-    if default is not None and rate > 10 * default:
-        smaller = f"{default:g}, {optimizer.name}'s default"
-    else:
-        smaller = f"{rate / 10:g}"
-    tips = [f"a smaller learning rate ({key} is {rate:g}; e.g. --set {key}={smaller})"]
-    if cfg.data.scale < 10:
-        tips.append(f"inputs scaled to 0..1 (data.scale is {cfg.data.scale:g}; 255 for 8-bit images)")
-    tips.append("batch_normalization layers")
-    return f"{where}. {kept} (run.json: status diverged). Try {', or '.join(tips)}."
+        say(f"note: no {REPORT} written ({error_line(exc)})")
 
 
 def _written(cfg: Config, run_dir: Path, say: Echo) -> None:
@@ -578,83 +471,6 @@ def _written(cfg: Config, run_dir: Path, say: Echo) -> None:
     quoted = shlex.quote(str(run_dir))
     say(f"next: cnnlab evaluate {quoted}")
     say(f"      cnnlab predict {quoted} IMAGE...")
-
-
-@dataclass
-class StartingWeights:
-    """Where a run starts from (`train.init_from`): the model file, and the weights of each layer that has some."""
-
-    path: Path
-    weights: list[list[np.ndarray]]
-
-    def apply(self, model) -> None:
-        for layer, weights in zip([layer for layer in model.layers if layer.weights], self.weights):
-            layer.set_weights(weights)
-
-
-def _starting_weights(keras, cfg: Config, plan: ModelPlan, source, quiet: bool) -> StartingWeights:
-    """The weights of `train.init_from`, checked layer by layer against the config's model."""
-    # checkpoint.py is a later stage; it is the one that loads a model file safely (config read
-    # first, Lambda layers refused, Keras' safe mode), so it is imported here, when needed.
-    from cnnlab.checkpoint import MODEL_SUFFIXES, load_model_file, why_no_checkpoint
-
-    given = Path(cfg.train.init_from)
-    where = f"{source}: train.init_from: {given}"
-    if given.is_dir():
-        if not (given / rundir.CONFIG).is_file() or not (given / rundir.RUN).is_file():
-            raise CnnlabError(f"{where}: is a folder but not a cnnlab run directory; give a run or a "
-                              f"{', '.join(MODEL_SUFFIXES)} file.")
-        run = rundir.open_run(given)
-        path = run.checkpoint
-        if not path.exists():
-            raise CnnlabError(f"{where}: the run has no {rundir.BEST}: {why_no_checkpoint(run)}")
-    elif not given.exists():
-        raise CnnlabError(f"{where}: no such run directory or model file.")
-    elif given.suffix.lower() not in MODEL_SUFFIXES:
-        raise CnnlabError(f"{where}: is not a run directory or a {', '.join(MODEL_SUFFIXES)} file.")
-    else:
-        path = given
-    with step(f"loading the starting weights from {path}", quiet):
-        try:
-            theirs = load_model_file(path, unsafe_hint=" A starting point has to load without running code.")
-        except CnnlabError as exc:
-            raise CnnlabError(f"{source}: train.init_from: {exc}") from None
-    ours = build_model(cfg, plan.input_shape)
-    config_index = [index for index, layer in enumerate(cfg.model.layers) if layer.type != "input"]
-    their_layers = [(i, layer) for i, layer in enumerate(theirs.layers) if layer.weights]
-    our_layers = [(config_index[i], layer) for i, layer in enumerate(ours.layers) if layer.weights]
-    for pair, mine in itertools.zip_longest(their_layers, our_layers):
-        if pair is None:
-            j = mine[0]
-            raise CnnlabError(
-                f"{where}: has {len(their_layers)} layers with weights, this config's model {len(our_layers)}: "
-                f"model.layers[{j}] ({cfg.model.layers[j].type}) has none to start from."
-            )
-        if mine is None:
-            raise CnnlabError(
-                f"{where}: has {len(their_layers)} layers with weights, this config's model only {len(our_layers)}: "
-                f"its layer {pair[0]} ({_kind(pair[1])}) has no counterpart."
-            )
-        (i, layer), (j, target) = pair, mine
-        have = [tuple(w.shape) for w in layer.weights]
-        need = [tuple(w.shape) for w in target.weights]
-        if have != need:
-            if len(have) == len(need):
-                have, need = next((h, n) for h, n in zip(have, need) if h != n)
-            raise CnnlabError(
-                f"{where}: layer {i} ({_kind(layer)}) has weights of shape {_shapes(have)}, this config's "
-                f"model.layers[{j}] ({cfg.model.layers[j].type}) needs {_shapes(need)}."
-            )
-    return StartingWeights(path, [layer.get_weights() for _, layer in their_layers])
-
-
-def _kind(layer) -> str:
-    """A Keras layer's kind as a config names it: Dense -> dense, Conv2D -> conv2d."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", type(layer).__name__).lower()
-
-
-def _shapes(value) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int,
@@ -756,7 +572,3 @@ def _training_summary(cfg: Config, rows: list[dict], seconds: float, train_sampl
         "train_seconds": round(seconds, 2),
         "train_samples_per_second": round(train_samples / float(np.median(epoch_seconds)), 1),
     }
-
-
-def _now() -> str:
-    return datetime.now().isoformat(timespec="seconds")

@@ -14,12 +14,28 @@ Example:
 """
 
 from cnnlab.data.builtin import (
-    DATA_DIR_ENV, DATASETS, FASHION_CLASSES, OFFLINE_ENV, RawData, idx_files_present, load_raw, read_idx,
+    DATA_DIR_ENV,
+    DATASETS,
+    FASHION_CLASSES,
+    OFFLINE_ENV,
+    RawData,
+    idx_files_present,
+    load_raw,
+    read_idx,
     resolve_data_dir,
 )
 from cnnlab.data.spec import IMAGE_SUFFIXES, DatasetInfo, ImageSpec
 from cnnlab.data.splits import (
-    ImageData, Samples, Splits, data_record, describe, encode_labels, info_from_record, load, prepare, select_test_files,
+    ImageData,
+    Samples,
+    Splits,
+    data_record,
+    describe,
+    encode_labels,
+    info_from_record,
+    load,
+    prepare,
+    select_test_files,
 )
 
 __all__ = [

@@ -1,28 +1,27 @@
 """The config schema: every key, type and default of a cnnlab YAML file lives here.
 
-A config is loaded once (`load_config`), validated against `Config`, and every later
-stage trusts it. Mistakes become a `CnnlabError` naming the file, the field path
-(`model.layers[2].kernel_size`) and what would be valid.
+Each section is a pydantic model (strict: no `yes` becomes 1, no 2.5 becomes 2); a layer,
+an optimizer and a learning-rate schedule are tagged unions (by `type` / `name`). Loading
+is `cnnlab.config.loading`; the sentences of its errors are `cnnlab.config.messages`.
 
 Example:
-    cfg = load_config("configs/cnn.yaml", overrides=["train.epochs=1"])
-    cfg.train.epochs  # 1
+    Config.model_validate({"name": "m", "model": {"layers": [{"type": "dense", "units": 10}]}})
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from cnnlab.errors import CnnlabError
+from cnnlab.config.keypaths import KEY_PATH
+from cnnlab.config.yaml12 import YamlDumper
+from cnnlab.errors import did_you_mean
+from cnnlab.rundir import MODEL_SUFFIXES
 
 DatasetName = Literal["mnist", "fashion_mnist", "xor", "folder", "csv"]
 ActivationName = Literal[
@@ -44,6 +43,8 @@ InitializerName = Literal[
 ]
 Padding = Literal["valid", "same"]
 PositiveInt = Annotated[int, Field(gt=0)]
+# the PydanticCustomError types of this schema's own validators: their messages are whole sentences already
+OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space")
 
 
 def _as_tuple(value: Any) -> Any:
@@ -279,7 +280,6 @@ class RMSprop(_Optimizer):
 Optimizer = Annotated[Union[SGD, Adam, AdamW, Nadam, Adagrad, RMSprop], Field(discriminator="name")]
 
 
-CHECKPOINT_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 def _checkpoint_filename(name: str) -> str:
@@ -290,7 +290,7 @@ def _checkpoint_filename(name: str) -> str:
             "must be a plain file name (it is written inside the run directory), "
             "e.g. dm_{epoch:02d}_{val_accuracy:0.2f}.hdf5",
         )
-    if not name.endswith(CHECKPOINT_SUFFIXES):
+    if not name.endswith(MODEL_SUFFIXES):
         raise PydanticCustomError(
             "checkpoint_filename", "must end in .keras, .h5 or .hdf5 (the Keras file formats)"
         )
@@ -563,7 +563,7 @@ def _search_space(value: Any) -> Any:
         return value  # the dict type's own error
     out = {}
     for key, entry in value.items():
-        if not isinstance(key, str) or not _KEY_PATH.fullmatch(key):
+        if not isinstance(key, str) or not KEY_PATH.fullmatch(key):
             raise PydanticCustomError("search_space", "{key} is not a key path; write keys as --set takes them, "
                                       "e.g. train.batch_size or model.layers[0].filters", {"key": repr(key)})
         try:
@@ -577,7 +577,7 @@ def _search_space(value: Any) -> Any:
                 message = "expected a mapping such as {choice: [a, b]}, {int: [low, high]} or {float: [low, high]}"
             else:
                 message = (f"{where}: " if where else "") + error["msg"].rstrip(".")
-                if error["type"] not in _OWN_ERRORS:
+                if error["type"] not in OWN_ERRORS:
                     message += f" (got {error.get('input')!r})"
             raise PydanticCustomError("search_space", "{key}: {message}", {"key": key, "message": message}) from None
     return out
@@ -634,7 +634,7 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude={"tune"} if self.tune is None else None)  # no `tune: null`
-        return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+        return yaml.dump(data, Dumper=YamlDumper, sort_keys=False)
 
 
 def output_units(cfg: Config) -> int | None:
@@ -643,330 +643,3 @@ def output_units(cfg: Config) -> int | None:
         if isinstance(layer, DenseLayer):
             return layer.units
     return None
-
-
-# --- loading ------------------------------------------------------------------------
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides, validate it."""
-    path = Path(path)
-    data, overridden = read_config(path, overrides)
-    return validate_config(data, path, overridden)
-
-
-def read_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[str]]:
-    """A config file's mapping with `overrides` applied, and the key paths they set (not validated).
-
-    A relative `data.path` written in the file is read from the file's own folder, as most
-    tools read the paths in their config files, so `cnnlab train other/dir/x.yaml` works from
-    anywhere; one given with --set is read from the current directory, as any command-line path.
-    Either is made absolute here: the run's config.yaml records where the data was, and a
-    message names the folder that was tried.
-    """
-    data = read_yaml_mapping(path)
-    _absolute_data_path(data, path.absolute().parent)
-    overridden = [apply_override(data, override, path) for override in overrides]
-    _absolute_data_path(data, Path.cwd())
-    return data, overridden
-
-
-def read_run_config(path: Path, recorded_source: str | None) -> dict:
-    """A run's config.yaml as a mapping; a relative `data.path` (a run trained before paths were
-    made absolute) becomes `recorded_source`, the folder or CSV its data.json says it read."""
-    data = read_yaml_mapping(path)
-    section = data.get("data")
-    if recorded_source and isinstance(section, dict) and isinstance(section.get("path"), str) \
-            and not Path(section["path"]).expanduser().is_absolute():
-        section["path"] = recorded_source
-    return data
-
-
-def _absolute_data_path(data: dict, folder: Path) -> None:
-    section = data.get("data")
-    if isinstance(section, dict) and isinstance(section.get("path"), str) and section["path"]:
-        given = Path(section["path"]).expanduser()
-        if not given.is_absolute():
-            section["path"] = os.path.normpath(folder / given)
-
-
-def read_yaml_mapping(path: Path) -> dict:
-    if not path.exists():
-        raise CnnlabError(f"{path}: config file not found.")
-    if path.is_dir():
-        raise CnnlabError(f"{path}: is a directory, expected a YAML config file.")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except UnicodeDecodeError:
-        raise CnnlabError(f"{path}: is not a text file, expected a YAML config.") from None
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CnnlabError(f"{path}: is not valid YAML{where}: {problem}.") from None
-    if data is None:
-        raise CnnlabError(f"{path}: the config is empty; it needs at least `name` and `model.layers`.")
-    if not isinstance(data, dict):
-        raise CnnlabError(
-            f"{path}: the config must be a mapping of keys (name, data, model, train), "
-            f"got a YAML {type(data).__name__}."
-        )
-    return data
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key written twice in one mapping is an error, not "last one wins",
-    and numbers read as YAML 1.2 reads them.
-
-    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: `1e-3`, `5E4`,
-    `-2E+2` and `+.5` stay strings there, and `learning_rate: 1e-3` would be refused as text.
-    YAML 1.2 (and every JSON reader) takes them as numbers; so does cnnlab. A quoted '1e-3'
-    stays a string.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice in the same mapping", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-class _Dumper(yaml.SafeDumper):
-    """YAML's safe dumper, knowing the numbers `_UniqueKeyLoader` reads: the string '1e-3' is quoted."""
-
-
-# Only what YAML 1.1 misses: an exponent without a dot or without a sign, or a signed `.5`.
-# Integers never match (no dot, no exponent), so `units: 10` stays an int.
-_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+|\.[0-9]+(?:[eE][-+]?[0-9]+)?)$")
-for _cls in (_UniqueKeyLoader, _Dumper):
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+.0123456789"))
-
-
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-_KEY_PATH = re.compile(r"\w+(\[\d+\])*(\.\w+(\[\d+\])*)*")  # train.epochs, model.layers[0].filters
-
-
-def apply_override(data: dict, override: str, source: Path) -> str:
-    """Apply one `--set a.b[0].c=value` override (the value is parsed as YAML); returns its path."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise CnnlabError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=3.")
-    where = f"--set {override!r}"
-    parts = parse_key_path(key.strip(), where)
-    try:
-        value = yaml.load(raw, Loader=_UniqueKeyLoader)  # the numbers a config file accepts
-    except yaml.YAMLError:
-        raise CnnlabError(f"{where}: the value {raw!r} is not valid YAML.") from None
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        node = _step(node, part, parts[: depth + 1], where, create=True)
-    last = parts[-1]
-    if isinstance(last, int):
-        _step(node, last, parts, where, create=True)  # checks the index; one past the end appends
-    elif not isinstance(node, dict):
-        raise CnnlabError(f"{where}: {format_path(parts[:-1])} is not a mapping.")
-    node[last] = value
-    return format_path(parts)
-
-
-def parse_key_path(key: str, where: str) -> list[str | int]:
-    """`model.layers[0].filters` as ["model", "layers", 0, "filters"]; `where` starts the error message."""
-    if not _KEY_PATH.fullmatch(key):
-        raise CnnlabError(
-            f"{where}: {key!r} is not a key path; write keys joined by dots and list "
-            "items by their number, e.g. train.epochs or model.layers[0].filters."
-        )
-    return [int(index) if index else (int(name) if name.isdigit() else name) for name, index in _PATH_PART.findall(key)]
-
-
-def value_at(data: dict, key: str, where: str) -> Any:
-    """The value at a key path such as `model.layers[1].units` (a CnnlabError if it does not exist)."""
-    parts = parse_key_path(key, where)
-    node: Any = data
-    for depth, part in enumerate(parts):
-        node = _step(node, part, parts[: depth + 1], where, create=False)
-    return node
-
-
-def _step(node: Any, part: str | int, so_far: list, where: str, create: bool) -> Any:
-    if isinstance(part, int):
-        if not isinstance(node, list):
-            raise CnnlabError(f"{where}: {format_path(so_far[:-1])} is not a list.")
-        if part == len(node) and create:  # model.layers[8]=... on 8 layers: a new last item
-            node.append({})
-        elif part >= len(node):
-            raise CnnlabError(
-                f"{where}: {format_path(so_far)} does not exist "
-                f"(the list has {len(node)} items" + (f"; [{len(node)}] appends one)." if create else ").")
-            )
-        return node[part]
-    if not isinstance(node, dict):
-        raise CnnlabError(f"{where}: {format_path(so_far[:-1])} is not a mapping.")
-    if part not in node or node[part] is None:
-        if not create:
-            valid = f"; valid keys there: {', '.join(map(str, node))}" if node else ""
-            raise CnnlabError(f"{where}: {format_path(so_far)} does not exist{did_you_mean(str(part), list(map(str, node)))}{valid}.")
-        node[part] = {}
-    if so_far == ["train", "loss"] and isinstance(node[part], str):  # --set train.loss.label_smoothing=0.1
-        node[part] = {"name": node[part]}
-    return node[part]
-
-
-def format_path(loc: list | tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def validate_config(data: dict, source: Path | str, overridden: list[str] = ()) -> Config:
-    """Validate a config mapping; `overridden` lists the paths that came from --set."""
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # a misspelt required key is both "unknown" and "missing": the unknown one names the typo
-        error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        path = format_path(_user_path(error["loc"], data))
-        origin = " (from --set)" if any(path.startswith(p) or p.startswith(path) for p in overridden) else ""
-        raise CnnlabError(f"{source}{origin}: {_describe(error, data)}") from None
-
-
-def _describe(error: dict, data: dict) -> str:
-    """One sentence for the first pydantic error, with a user-facing field path."""
-    loc = _user_path(error["loc"], data)
-    path = format_path(loc)
-    kind, value = error["type"], error.get("input")
-    if kind == "extra_forbidden":
-        model = _schema_at(loc[:-1], data)
-        valid = sorted(model.model_fields) if model else []
-        return (
-            f"unknown key {path!r}{did_you_mean(str(loc[-1]), valid)}; "
-            f"valid keys here: {', '.join(valid)}."
-        )
-    if kind == "union_tag_invalid":
-        tag_key = error["ctx"]["discriminator"].strip("'")
-        tags = re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
-        what = {"type": "layer type", "optimizer": "optimizer", "lr_schedule": "learning-rate schedule"}.get(
-            tag_key if tag_key == "type" else str(loc[-1]), "name")
-        tag = str(error["ctx"]["tag"])
-        return f"{path}.{tag_key}: unknown {what} {tag!r}{did_you_mean(tag, tags)}; valid: {', '.join(tags)}."
-    if kind == "union_tag_not_found":
-        tag_key = error["ctx"]["discriminator"].strip("'")
-        union = _UNIONS.get(next((str(part) for part in reversed(loc) if not isinstance(part, int)), ""), ())
-        tags = [tag for cls in union for tag in cls.model_fields[tag_key].annotation.__args__]
-        return f"{path}: missing `{tag_key}`" + (f"; valid: {', '.join(tags)}." if tags else ".")
-    if kind == "missing":
-        return f"{path}: required field is missing."
-    if kind == "literal_error":
-        options = re.findall(r"'([^']+)'|(-?\d+)", error["ctx"]["expected"])
-        options = [text or number for text, number in options]
-        return (
-            f"{path}: {value!r} is not valid{did_you_mean(str(value), options)}; "
-            f"valid: {', '.join(options)}."
-        )
-    if kind == "string_pattern_mismatch" and loc == ["name"]:
-        return (
-            f"name: {value!r} is not a valid run name; use letters, digits and _ - . + "
-            "(it becomes a folder name under the runs directory)."
-        )
-    if kind in _OWN_ERRORS:  # raised by the schema's own validators, already a full sentence
-        return f"{path}: {error['msg']}."
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{path}: expected a mapping of keys, got {value!r}."
-    if kind in ("float_type", "int_type") and isinstance(value, str) and _is_number(value):
-        return f"{path}: {value!r} is text because it is quoted; write the number without quotes ({value.strip()})."
-    return f"{path}: {error['msg'].rstrip('.')} (got {value!r})."
-
-
-_OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space")
-
-
-def _is_number(text: str) -> bool:
-    """Whether `text` unquoted would be a (finite) number in a config."""
-    try:
-        value = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError:
-        return False
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _child(node: Any, part: Any) -> Any:
-    if isinstance(part, int):
-        return node[part] if isinstance(node, list) and part < len(node) else None
-    return node.get(part) if isinstance(node, dict) else None
-
-
-def _user_path(loc: tuple, data: Any) -> list:
-    """Pydantic's error location without the union tags it adds.
-
-    Pydantic says `model.layers.2.dense.units`; the user wrote `model.layers[2].units`.
-    """
-    out: list = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and part in (node.get("type"), node.get("name")):
-            continue
-        if isinstance(node, str) and part == "name":  # `loss: mse`, short for `loss: {name: mse}`
-            continue
-        out.append(part)
-        node = _child(node, part)
-    return out
-
-
-_UNIONS: dict[str, tuple] = {
-    "layers": Layer.__origin__.__args__,  # type: ignore[attr-defined]
-    "optimizer": Optimizer.__origin__.__args__,  # type: ignore[attr-defined]
-    "lr_schedule": LrSchedule.__origin__.__args__,  # type: ignore[attr-defined]
-}
-
-
-def _schema_at(path: list, data: Any) -> type[BaseModel] | None:
-    """The schema class that describes the mapping found at `path` in the input."""
-    model: Any = Config
-    node: Any = data
-    for part in path:
-        node = _child(node, part)
-        if not isinstance(part, int):
-            model = _UNIONS.get(part) or _field_model(model, part)
-        if isinstance(model, tuple) and part != "layers":  # a tagged union: the input's tag picks
-            model = _tagged_class(model, node)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _field_model(model: Any, part: str) -> Any:
-    if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-        return None
-    annotation = model.model_fields[part].annotation
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _tagged_class(union: tuple, node: Any) -> Any:
-    if not isinstance(node, dict):
-        return None
-    for cls in union:
-        for key in ("type", "name"):
-            field = cls.model_fields.get(key)
-            if field is not None and node.get(key) in getattr(field.annotation, "__args__", ()):
-                return cls
-    return None
-
-
-def did_you_mean(word: str, options: list[str]) -> str:
-    lowered = {option.lower(): option for option in options}
-    starts = [option for option in options if option.lower().startswith(word.lower())]
-    if word and len(starts) == 1:  # 'acc' -> 'accuracy'
-        return f" (did you mean {starts[0]!r}?)"
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
