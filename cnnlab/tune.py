@@ -56,6 +56,7 @@ from cnnlab.config import (
     value_at,
 )
 from cnnlab.errors import CnnlabError
+from cnnlab.study_storage import default_storage, open_storage, shown
 
 Echo = Callable[[str], None]
 STUDY_DB = "study.db"
@@ -63,7 +64,6 @@ TRIALS_CSV = "trials.csv"
 BEST_CONFIG = "best.yaml"
 FIGURES = ("history.png", "intermediate.png", "importances.png", "slice.png", "parallel.png")
 STORAGE_ENV = "CNNLAB_TUNE_STORAGE"  # --storage's default, so a password stays out of argv and shell history
-CONNECT_TIMEOUT = 5  # seconds: an unreachable database server is an error, not a hang
 SPACE_ATTR = "cnnlab_space"  # the study's search space, so a changed config cannot mix into it
 
 
@@ -181,63 +181,6 @@ def trial_config(base: dict, params: dict, source: Path, name: str) -> Config:
 # --- storage and study --------------------------------------------------------------
 
 
-def shown(url: str) -> str:
-    """A storage URL as it may be printed: without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-
-
-def default_storage(folder: Path) -> str:
-    return f"sqlite:///{folder / STUDY_DB}"
-
-
-def open_storage(url: str):
-    """An Optuna storage for `url` (any SQLAlchemy URL; `journal:PATH` for a journal file), connected."""
-    import optuna
-
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        if url.startswith("sqlite"):
-            engine = {"connect_args": {"timeout": 60}}  # several local workers wait for each other's writes
-        elif url.startswith(("postgresql", "mysql")):
-            engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
-        else:
-            engine = {}
-        return _rdb_storage(url, engine)
-    except Exception as exc:  # SQLAlchemy's many errors (no driver, bad URL, refused, timed out)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "password" in first.lower() or "@" in first:
-            first = type(exc).__name__
-        if isinstance(exc, ModuleNotFoundError) and "psycopg" in str(exc):
-            first += "; install the driver: pip install 'cnnlab[postgres]'"
-        raise CnnlabError(f"--storage {shown(url)}: cannot open the study database ({first}); check the URL, "
-                          "that the server runs and takes connections from this machine.") from None
-
-
-def _rdb_storage(url: str, engine: dict, attempts: int = 5):
-    """Optuna's RDBStorage; several workers starting at once on a new database race to create its
-    tables (one gets a duplicate-key error): the loser tries again, and then finds them made."""
-    import random
-
-    import optuna
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 + random.random())
-
-
 def _space_record(search: Search) -> dict:
     return {"objective": search.tune.objective, "direction": search.direction,
             "space": {key: value.model_dump(mode="json", by_alias=True, exclude_defaults=True)
@@ -342,7 +285,7 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
         raise CnnlabError(f"--workers {workers}: give 1 or more processes.")
     data = _read_data(search)
     folder = Path(runs_dir) / name
-    url = storage or default_storage(folder)
+    url = storage or default_storage(folder / STUDY_DB)
     _quiet_optuna()
     store = open_storage(url) if storage else None  # a database that cannot be reached: no folder made
     try:
@@ -691,7 +634,7 @@ def show(study: str, storage: str | None = None, runs_dir: str | Path = "runs") 
         if not (folder / STUDY_DB).exists():
             raise CnnlabError(f"--show {study}: no study there ({folder / STUDY_DB} does not exist); give the study's "
                               "folder (runs/<study>) or its name with --storage URL.")
-        url, name = default_storage(folder), folder.name
+        url, name = default_storage(folder / STUDY_DB), folder.name
     else:
         url, name, folder = storage, given.name, Path(runs_dir) / given.name
     store = open_storage(url)
