@@ -39,7 +39,9 @@ test-system:
 # subprocess), so on CI's 2 cores the suite takes about half the time. TEST_JOBS=0 runs it in one.
 TEST_JOBS ?= 2
 
+# ruff (pyproject.toml's [tool.ruff]) first: a lint error fails the build like a test, in seconds
 test: install test-system
+	$(BIN)/ruff check cnnlab tests bench scripts examples
 	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal)
 
 # make bench: the speed benchmark of issue 6 into bench/RESULTS.md (~15-20 min on 2 cores;

@@ -24,8 +24,8 @@ from harness import (
     ROOT,
     BenchError,
     Row,
-    only_run_dir,
     measure_figures,
+    only_run_dir,
     read_json,
     result_line,
     run_measured,
@@ -122,7 +122,7 @@ def _subset(source: Path, folder: Path, count: int) -> Path:
     files: list[Path] = []
     per_class = {d.name: sorted(d.iterdir()) for d in sorted(source.iterdir())}
     while len(files) < count:
-        for name, found in per_class.items():
+        for found in per_class.values():
             if found and len(files) < count:
                 files.append(found.pop(0))
     for file in files:

@@ -29,7 +29,6 @@ STARTED = time.perf_counter()
 
 import keras  # noqa: E402  (after STARTED: the import is part of the time, as for cnnlab)
 import numpy as np  # noqa: E402
-
 from plain_keras_train import cnn_model  # noqa: E402  (the same model as the throughput script)
 
 from cnnlab.data import load_raw  # noqa: E402  (only reads the IDX files)

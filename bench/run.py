@@ -46,7 +46,17 @@ import serve_figures
 import speed_figures
 import tune_figures
 from harness import (
-    BENCH, ROOT, SHARED, BenchError, Process, Row, only_run_dir, read_json, result_line, run_measured, table,
+    BENCH,
+    ROOT,
+    SHARED,
+    BenchError,
+    Process,
+    Row,
+    only_run_dir,
+    read_json,
+    result_line,
+    run_measured,
+    table,
 )
 
 from cnnlab.errors import CnnlabError

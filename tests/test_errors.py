@@ -18,13 +18,13 @@ import keras
 import pytest
 import yaml
 from PIL import Image
+from test_checkpoint import save_model, zip_bomb
+from test_own_data import shapes_config, write_shapes_folder
+from test_preprocess import _png_header, draw_digit
 
 from cnnlab.cli import app, main
 
 from conftest import DATA_DIR, REPO, needs_data, small_dnn
-from test_checkpoint import save_model, zip_bomb
-from test_own_data import shapes_config, write_shapes_folder
-from test_preprocess import _png_header, draw_digit
 
 
 def _layers(data):

@@ -9,9 +9,9 @@ import stat
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from cnnlab import rundir
 from cnnlab.compile import one_cycle_rate

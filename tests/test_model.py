@@ -25,7 +25,7 @@ def test_cnn_shapes_match_keras():
     plan = check_model(cfg, "cnn.yaml")
     model = build_model(cfg, plan.input_shape)
     assert plan.input_shape == (28, 28, 1)
-    assert [layer.output_shape for layer in plan.layers] == [tuple(l.output.shape[1:]) for l in model.layers]
+    assert [layer.output_shape for layer in plan.layers] == [tuple(layer.output.shape[1:]) for layer in model.layers]
     assert plan.params == model.count_params() == 3_156_098
 
 

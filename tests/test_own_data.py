@@ -160,8 +160,8 @@ def test_the_test_split_is_recorded_and_evaluate_scores_the_same_images(runner, 
     info = describe(cfg.data)
     loaded = load(cfg.data, info)
     splits = prepare(cfg, info.sample_shape, False, loaded)
-    assert not set(loaded.files[i] for i in splits.x_train.rows) & set(tested)
-    assert not set(loaded.files[i] for i in splits.x_val.rows) & set(tested)
+    assert not {loaded.files[i] for i in splits.x_train.rows} & set(tested)
+    assert not {loaded.files[i] for i in splits.x_val.rows} & set(tested)
     # a picture added afterwards changes the folder, not what evaluate scores
     draw_shape("square", np.random.default_rng(5)).save(folder / "square" / "late.png")
     result = runner.invoke(app, ["evaluate", str(run), "--json"])

@@ -14,6 +14,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import evaluate
 from cnnlab.model import build_model
 from cnnlab.train import train
+
 from conftest import needs_data, small_dnn
 
 

@@ -14,7 +14,13 @@ from PIL import ExifTags, Image, ImageDraw
 from cnnlab.data import load_raw
 from cnnlab.errors import CnnlabError
 from cnnlab.preprocess import (
-    DIGIT_BOX, SIZE, fashion_style, gray_array, mnist_style, plain_resize, prepare_image,
+    DIGIT_BOX,
+    SIZE,
+    fashion_style,
+    gray_array,
+    mnist_style,
+    plain_resize,
+    prepare_image,
 )
 
 from conftest import SHARED, needs_data, needs_shared

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from cnnlab import rundir
+from cnnlab.backend import StopRequest
 from cnnlab.config import validate_config
 from cnnlab.errors import CnnlabError
-from cnnlab.backend import StopRequest
 from cnnlab.train import resume, train
 
 from conftest import DATA_DIR, SignalInDel, needs_data, small_dnn

@@ -105,7 +105,7 @@ def _draw(driver, strokes: list[list[tuple[int, int]]]) -> None:
         previous = stroke[0]
         for x, y in stroke[1:]:
             steps = 6
-            for i in range(1, steps + 1):  # many small moves: a smooth line, as a hand draws it
+            for _ in range(steps):  # many small moves: a smooth line, as a hand draws it
                 actions.move_by_offset(round((x - previous[0]) / steps), round((y - previous[1]) / steps))
             previous = (x, y)
         actions.release().perform()

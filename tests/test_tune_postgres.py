@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_tune import tiny_study, trials_csv, write
 
 from conftest import REPO, free_port, needs_data
-from test_tune import tiny_study, trials_csv, write
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "tune-secret-7"
