@@ -27,6 +27,7 @@ from cnnlab.backend import silenced
 from cnnlab.errors import CnnlabError
 from cnnlab.litert import TFLITE, LiteModel
 from cnnlab.rundir import atomic_path, update_json
+
 TOLERANCE = 1e-4  # largest difference from Keras' probabilities that we accept
 
 

@@ -288,7 +288,8 @@ def _environment_section(environment: dict) -> str:
 
 
 def _exports_section(run_dir: Path, metrics: dict) -> str:
-    from cnnlab.export import EXPORTS_RECORD, TFLITE
+    from cnnlab.export import EXPORTS_RECORD
+    from cnnlab.litert import TFLITE
 
     rows = []
     if metrics.get("tflite"):
@@ -313,14 +314,14 @@ def _exports_section(run_dir: Path, metrics: dict) -> str:
 # --- a tuning study -------------------------------------------------------------------------------
 
 def _is_study(folder: Path) -> bool:
-    from cnnlab.tune import TRIALS_CSV
+    from cnnlab.study_storage import TRIALS_CSV
 
     return (folder / TRIALS_CSV).exists() and not (folder / rundir.RUN).exists()
 
 
 def write_study_report(folder: Path, out: str | Path | None = None) -> Path:
     """The page of a tuning study: its trials, the best trial's config and the study's figures."""
-    from cnnlab.tune import BEST_CONFIG, FIGURES, TRIALS_CSV
+    from cnnlab.study_storage import BEST_CONFIG, FIGURES, TRIALS_CSV
 
     with (folder / TRIALS_CSV).open(encoding="utf-8", newline="") as handle:
         table = list(csv.reader(handle))

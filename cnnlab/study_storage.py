@@ -1,4 +1,5 @@
-"""Where an Optuna study lives: a storage URL opened with clear errors, and printed without its password.
+"""Where an Optuna study lives: its folder's files, and a storage URL opened with clear errors,
+printed without its password.
 
 `cnnlab tune --storage URL` takes any SQLAlchemy URL (SQLite by default, PostgreSQL or MySQL
 for studies that several machines share) or `journal:PATH`.
@@ -15,6 +16,11 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 
+# a study folder, runs/<study>/ (see cnnlab.tune): what the report and other readers find there
+STUDY_DB = "study.db"
+TRIALS_CSV = "trials.csv"
+BEST_CONFIG = "best.yaml"
+FIGURES = ("history.png", "intermediate.png", "importances.png", "slice.png", "parallel.png")
 CONNECT_TIMEOUT = 5  # seconds: an unreachable database server is an error, not a hang
 
 

@@ -56,13 +56,9 @@ from cnnlab.config import (
     value_at,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.study_storage import default_storage, open_storage, shown
+from cnnlab.study_storage import BEST_CONFIG, FIGURES, STUDY_DB, TRIALS_CSV, default_storage, open_storage, shown
 
 Echo = Callable[[str], None]
-STUDY_DB = "study.db"
-TRIALS_CSV = "trials.csv"
-BEST_CONFIG = "best.yaml"
-FIGURES = ("history.png", "intermediate.png", "importances.png", "slice.png", "parallel.png")
 STORAGE_ENV = "CNNLAB_TUNE_STORAGE"  # --storage's default, so a password stays out of argv and shell history
 SPACE_ATTR = "cnnlab_space"  # the study's search space, so a changed config cannot mix into it
 

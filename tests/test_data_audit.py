@@ -15,7 +15,9 @@ from PIL import Image
 
 from cnnlab.cli import app
 from cnnlab.data.audit import NEAR_BITS, audit_data
+
 from conftest import REPO, needs_data
+
 CLASSES = ("ant", "bee", "wasp")
 
 

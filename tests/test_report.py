@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, needs_data, start_chromium
 
 from cnnlab.cli import app
 from cnnlab.evaluate import class_scores
+
+from conftest import REPO, needs_data, start_chromium
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?!data:)[a-z]+:""", re.IGNORECASE)  # any URL scheme but data:
 
