@@ -24,8 +24,6 @@ from cnnlab.config import CROSSENTROPY_LOSSES, Config, CosineSchedule, did_you_m
 from cnnlab.data import DatasetInfo, describe
 from cnnlab.errors import CnnlabError
 
-_SPATIAL = ("conv2d", "max_pooling2d", "average_pooling2d")
-
 
 @dataclass
 class LayerPlan:
@@ -86,11 +84,11 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
                 raise CnnlabError(f"{source}: model.layers[{index}]: an input layer can only come first.")
             continue
         where = f"{source}: model.layers[{index}] ({layer.type})"
-        if layer.type in _SPATIAL and len(shape) != 3:
+        if layer.spatial and len(shape) != 3:
             fix = ("put it before any flatten or dense layer" if plan.layers else
                    f"{cfg.data.dataset} samples are not images: use an image data set or only dense layers")
             raise CnnlabError(f"{where}: needs an image input (height, width, channels), got shape {shape}; {fix}.")
-        shape, params = _layer_output(layer, shape, where)
+        shape, params = layer.output(shape, where)
         plan.layers.append(LayerPlan(index, layer.type, shape, params))
     _check_output(cfg, plan, source, info.num_classes)
     _check_monitors(cfg, source)
@@ -99,39 +97,6 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
     _check_augment(cfg, source, info)
     _check_memory(cfg, plan, source)
     return plan
-
-
-def _layer_output(layer, shape: tuple[int, ...], where: str) -> tuple[tuple[int, ...], int]:
-    kind = layer.type
-    if kind == "flatten":
-        return (int(np.prod(shape)),), 0
-    if kind == "dense":
-        return (*shape[:-1], layer.units), shape[-1] * layer.units + (layer.units if layer.use_bias else 0)
-    if kind == "conv2d":
-        out = _spatial(shape, layer.kernel_size, layer.strides, layer.padding, "kernel", where)
-        k = layer.kernel_size[0] * layer.kernel_size[1] * shape[2]
-        return (*out, layer.filters), k * layer.filters + (layer.filters if layer.use_bias else 0)
-    if kind in ("max_pooling2d", "average_pooling2d"):
-        out = _spatial(shape, layer.pool_size, layer.strides or layer.pool_size, layer.padding, "pool", where)
-        return (*out, shape[2]), 0
-    if kind == "batch_normalization":
-        return shape, 4 * shape[-1]
-    return shape, 0  # dropout, activation
-
-
-def _spatial(shape, size, strides, padding, what, where) -> tuple[int, int]:
-    out = []
-    for dim, f, s in zip(shape[:2], size, strides):
-        if padding == "same":
-            out.append(math.ceil(dim / s))
-        elif dim < f:
-            raise CnnlabError(
-                f"{where}: {what} {size[0]}x{size[1]} does not fit its {shape[0]}x{shape[1]}x{shape[2]} "
-                f"input with padding 'valid'; use a smaller {what}, padding: same, or fewer pooling layers before it."
-            )
-        else:
-            out.append((dim - f) // s + 1)
-    return out[0], out[1]
 
 
 def _check_output(cfg: Config, plan: ModelPlan, source: str, num_classes: int) -> None:
@@ -463,46 +428,8 @@ def build_model(cfg: Config, input_shape: tuple[int, ...]):
         # train.precision: Keras' dtype policy, given to each layer (Keras' global policy would
         # leak into every later model of the process); the output layer computes in float32, as
         # Keras' mixed-precision guide says: a 16-bit softmax loses the small probabilities.
-        layers.append(_keras_layer(keras, layer, "float32" if i == len(own) - 1 else cfg.train.precision))
+        layers.append(layer.build(keras, "float32" if i == len(own) - 1 else cfg.train.precision))
     return keras.Sequential(layers, name=cfg.name.replace("+", "_"))
-
-
-def _keras_layer(keras, layer, dtype: str = "float32"):
-    kind = layer.type
-    if kind == "flatten":
-        return keras.layers.Flatten(dtype=dtype)
-    if kind == "dense":
-        return keras.layers.Dense(
-            layer.units, activation=layer.activation, use_bias=layer.use_bias,
-            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer), dtype=dtype,
-        )
-    if kind == "conv2d":
-        return keras.layers.Conv2D(
-            layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
-            activation=layer.activation, use_bias=layer.use_bias,
-            kernel_initializer=layer.kernel_initializer, kernel_regularizer=_regularizer(keras, layer), dtype=dtype,
-        )
-    if kind == "max_pooling2d":
-        return keras.layers.MaxPooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding, dtype=dtype)
-    if kind == "average_pooling2d":
-        return keras.layers.AveragePooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding,
-                                             dtype=dtype)
-    if kind == "dropout":
-        return keras.layers.Dropout(layer.rate, dtype=dtype)
-    if kind == "batch_normalization":
-        return keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon, dtype=dtype)
-    if kind == "activation":
-        return keras.layers.Activation(layer.activation, dtype=dtype)
-    raise AssertionError(f"no Keras layer for {kind!r}")  # the schema and this list disagree
-
-
-def _regularizer(keras, layer):
-    penalty = layer.kernel_regularizer
-    if penalty is None or not (penalty.l1 or penalty.l2):
-        return None
-    if penalty.l1 and penalty.l2:
-        return keras.regularizers.L1L2(l1=penalty.l1, l2=penalty.l2)
-    return keras.regularizers.L1(penalty.l1) if penalty.l1 else keras.regularizers.L2(penalty.l2)
 
 
 def summary_text(model) -> str:

@@ -133,3 +133,91 @@ def test_the_memory_limit_is_what_the_machine_has():
     with pytest.raises(CnnlabError, match=r"model.layers\[0\] \(conv2d\) outputs 25,088 values per sample; "
                                           r"for a batch of 4,096 \(train.batch_size\)"):
         _check_memory(wide, check_model(wide, "cnn.yaml"), "cnn.yaml", available=2**30)
+
+
+# --- the layer table: every type checks its shapes as Keras builds them -----------------------
+
+# one config per layer type (input aside), each after a small conv so spatial types get an image
+_EVERY_TYPE = {
+    "flatten": {"type": "flatten"},
+    "dense": {"type": "dense", "units": 7, "activation": "relu"},
+    "conv2d": {"type": "conv2d", "filters": 5, "kernel_size": [3, 2], "strides": 2},
+    "separable_conv2d": {"type": "separable_conv2d", "filters": 6, "kernel_size": 3, "depth_multiplier": 2,
+                         "padding": "same", "activation": "relu"},
+    "depthwise_conv2d": {"type": "depthwise_conv2d", "kernel_size": 3, "depth_multiplier": 3, "strides": 2},
+    "max_pooling2d": {"type": "max_pooling2d", "pool_size": 3, "strides": 2},
+    "average_pooling2d": {"type": "average_pooling2d", "padding": "same"},
+    "global_average_pooling2d": {"type": "global_average_pooling2d"},
+    "global_max_pooling2d": {"type": "global_max_pooling2d"},
+    "zero_padding2d": {"type": "zero_padding2d", "padding": [1, 3]},
+    "dropout": {"type": "dropout", "rate": 0.3},
+    "spatial_dropout2d": {"type": "spatial_dropout2d", "rate": 0.2},
+    "batch_normalization": {"type": "batch_normalization"},
+    "layer_normalization": {"type": "layer_normalization", "epsilon": 1e-5},
+    "activation": {"type": "activation", "activation": "gelu"},
+}
+
+
+def test_every_layer_type_of_the_table_has_a_case_here():
+    from cnnlab.config.layers import layer_type_names
+
+    assert sorted(_EVERY_TYPE) == sorted(set(layer_type_names()) - {"input"})
+
+
+@pytest.mark.parametrize("kind", sorted(_EVERY_TYPE))
+def test_each_layer_type_checks_the_shapes_and_parameters_keras_builds(kind):
+    data = small_dnn()
+    head = [{"type": "flatten"}] if kind not in ("flatten", "dense", "global_average_pooling2d",
+                                                 "global_max_pooling2d") else []
+    data["model"]["layers"] = [
+        {"type": "conv2d", "filters": 4, "kernel_size": 3},
+        _EVERY_TYPE[kind],
+        *head,
+        *([{"type": "flatten"}] if kind == "dense" else []),
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    cfg = validate_config(data, "c.yaml")
+    plan = check_model(cfg, "c.yaml")
+    model = build_model(cfg, plan.input_shape)
+    assert [layer.output_shape for layer in plan.layers] == [tuple(layer.output.shape[1:]) for layer in model.layers]
+    assert [layer.params for layer in plan.layers] == [layer.count_params() for layer in model.layers]
+    assert plan.layers[1].kind == kind
+
+
+@pytest.mark.parametrize("kind", ["separable_conv2d", "depthwise_conv2d", "global_average_pooling2d",
+                                  "global_max_pooling2d", "zero_padding2d", "spatial_dropout2d"])
+def test_an_image_layer_after_flatten_is_refused_before_tensorflow(kind):
+    data = small_dnn()
+    data["model"]["layers"] = [{"type": "flatten"}, _EVERY_TYPE[kind], {"type": "dense", "units": 10,
+                                                                        "activation": "softmax"}]
+    with pytest.raises(CnnlabError, match=rf"model.layers\[1\] \({kind}\): needs an image input"):
+        check_model(validate_config(data, "c.yaml"), "c.yaml")
+
+
+def test_every_layer_type_is_in_the_summary_command(runner, tmp_path):
+    import yaml
+
+    from cnnlab.cli import app
+
+    data = small_dnn()
+    data["model"]["layers"] = [
+        {"type": "zero_padding2d", "padding": 1}, {"type": "conv2d", "filters": 4, "kernel_size": 3},
+        _EVERY_TYPE["separable_conv2d"], _EVERY_TYPE["depthwise_conv2d"], _EVERY_TYPE["spatial_dropout2d"],
+        _EVERY_TYPE["layer_normalization"], _EVERY_TYPE["global_max_pooling2d"],
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    path = tmp_path / "layers.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["summary", str(path)])
+    assert result.exit_code == 0, result.output
+    for keras_name in ("ZeroPadding2D", "SeparableConv2D", "DepthwiseConv2D", "SpatialDropout2D",
+                       "LayerNormalization", "GlobalMaxPooling2D"):
+        assert keras_name in result.output
+
+
+def test_the_readme_lists_every_layer_type():
+    from cnnlab.config.layers import layer_type_names
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    listed = text.split("Layer types: ", 1)[1].split(";", 1)[0]
+    assert [name.strip() for name in listed.split(",")] == layer_type_names()

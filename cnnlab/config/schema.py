@@ -15,19 +15,17 @@ import re
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from cnnlab.config.fields import PositiveInt, Section, Size2D, as_tuple
 from cnnlab.config.keypaths import KEY_PATH
+from cnnlab.config.layers import DenseLayer, Layer
 from cnnlab.config.yaml12 import YamlDumper
 from cnnlab.errors import did_you_mean
 from cnnlab.rundir import MODEL_SUFFIXES
 
 DatasetName = Literal["mnist", "fashion_mnist", "xor", "folder", "csv"]
-ActivationName = Literal[
-    "linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu",
-    "elu", "selu", "gelu", "silu", "swish", "softplus", "softsign", "relu6", "hard_sigmoid",
-]
 LossName = Literal[
     "sparse_categorical_crossentropy", "categorical_crossentropy",
     "binary_crossentropy", "mse", "mean_squared_error", "mae", "mean_absolute_error",
@@ -37,121 +35,21 @@ CROSSENTROPY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentr
 METRIC_NAMES = ("accuracy", "top_k_accuracy", "precision", "recall", "auc", "mse", "mae")
 # Keras compares these with targets of the output's shape (over all classes' outputs, micro-averaged)
 ONE_HOT_METRICS = ("precision", "recall", "auc", "mse", "mae")
-InitializerName = Literal[
-    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
-    "lecun_uniform", "lecun_normal", "zeros", "ones", "random_normal", "random_uniform",
-]
-Padding = Literal["valid", "same"]
-PositiveInt = Annotated[int, Field(gt=0)]
 # the PydanticCustomError types of this schema's own validators: their messages are whole sentences already
 OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space")
 
 
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value  # YAML has lists; the schema says tuples
-
-
-def _as_pair(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if not isinstance(value, (list, tuple)):
-        raise PydanticCustomError("size_2d", "must be a whole number like 5 or a pair like [5, 3]")
-    return tuple(value)
-
-
-Size2D = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_as_pair)]  # 5 means (5, 5)
 RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=100)]
 
 
-class _Section(BaseModel):
-    # strict: YAML's `yes`/`true` must not become units: 1, nor 2.5 become 2 (an int still makes a float);
-    # no .inf/.nan: no rate, scale or size in the schema means anything infinite or undefined
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-# --- model.layers -------------------------------------------------------------------
-
-
-class InputLayer(_Section):
-    """An explicit input shape; normally the dataset decides it."""
-
-    type: Literal["input"]
-    shape: Annotated[tuple[PositiveInt, ...], BeforeValidator(_as_tuple)]
-
-
-class FlattenLayer(_Section):
-    type: Literal["flatten"]
-
-
-class Regularizer(_Section):
-    """A penalty on a layer's weights added to the training loss (keras.regularizers):
-    `l1 * sum(|w|) + l2 * sum(w**2)`, e.g. `kernel_regularizer: {l2: 1.0e-4}`."""
-
-    l1: Annotated[float, Field(ge=0.0)] = 0.0
-    l2: Annotated[float, Field(ge=0.0)] = 0.0
-
-
-class DenseLayer(_Section):
-    type: Literal["dense"]
-    units: PositiveInt
-    activation: ActivationName = "linear"
-    use_bias: bool = True
-    kernel_initializer: InitializerName = "glorot_uniform"
-    kernel_regularizer: Regularizer | None = None
-
-
-class Conv2DLayer(_Section):
-    type: Literal["conv2d"]
-    filters: PositiveInt
-    kernel_size: Size2D
-    strides: Size2D = (1, 1)
-    padding: Padding = "valid"
-    activation: ActivationName = "linear"
-    use_bias: bool = True
-    kernel_initializer: InitializerName = "glorot_uniform"
-    kernel_regularizer: Regularizer | None = None
-
-
-class PoolingLayer(_Section):
-    type: Literal["max_pooling2d", "average_pooling2d"]
-    pool_size: Size2D = (2, 2)
-    strides: Size2D | None = None  # None: same as pool_size, as in Keras
-    padding: Padding = "valid"
-
-
-class DropoutLayer(_Section):
-    type: Literal["dropout"]
-    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
-
-
-class BatchNormalizationLayer(_Section):
-    type: Literal["batch_normalization"]
-    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
-    epsilon: Annotated[float, Field(gt=0.0)] = 1e-3
-
-
-class ActivationLayer(_Section):
-    type: Literal["activation"]
-    activation: ActivationName
-
-
-Layer = Annotated[
-    Union[
-        InputLayer, FlattenLayer, DenseLayer, Conv2DLayer, PoolingLayer,
-        DropoutLayer, BatchNormalizationLayer, ActivationLayer,
-    ],
-    Field(discriminator="type"),
-]
-
-
-class ModelSection(_Section):
+class ModelSection(Section):
     layers: Annotated[list[Layer], Field(min_length=1)]
 
 
 # --- data ---------------------------------------------------------------------------
 
 
-class ValidationSection(_Section):
+class ValidationSection(Section):
     """How to hold out validation data from the training split.
 
     stratified: scikit-learn's stratified split (class proportions kept), seeded.
@@ -164,7 +62,7 @@ class ValidationSection(_Section):
     random_state: int = 777
 
 
-class TestSplitSection(_Section):
+class TestSplitSection(Section):
     """The test part of a user's data set that has no fixed one (no test/ folder, no split column):
     a stratified share, seeded, taken before the validation split and apart from it."""
 
@@ -172,7 +70,7 @@ class TestSplitSection(_Section):
     random_state: int = 1234
 
 
-class AugmentSection(_Section):
+class AugmentSection(Section):
     """Random changes to training batches, by Keras' preprocessing layers (never in the saved model).
 
     rotation: a fraction of a full turn (0.05: up to +-18 degrees), as keras.layers.RandomRotation.
@@ -191,7 +89,7 @@ class AugmentSection(_Section):
     fill_mode: Literal["auto", "constant", "reflect", "nearest", "wrap"] = "auto"
 
 
-class DataSection(_Section):
+class DataSection(Section):
     dataset: DatasetName = "mnist"
     path: str | None = None  # folder: one sub-folder per class (or train/ and test/); csv: file,label[,split]
     dir: str | None = None  # built-in sets' files; default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab/datasets
@@ -217,7 +115,7 @@ class DataSection(_Section):
 # --- train --------------------------------------------------------------------------
 
 
-class _Optimizer(_Section):
+class _Optimizer(Section):
     """What every Keras optimizer takes besides its own options.
 
     weight_decay: decoupled weight decay, `w -= learning_rate * weight_decay * w` each step
@@ -299,7 +197,7 @@ def _checkpoint_filename(name: str) -> str:
     return name
 
 
-class CheckpointSection(_Section):
+class CheckpointSection(Section):
     """Keep the best model seen so far (always as `best.keras` in the run directory).
 
     `filename` adds a copy named by a Keras-style pattern, e.g.
@@ -312,7 +210,7 @@ class CheckpointSection(_Section):
     filename: Annotated[str, AfterValidator(_checkpoint_filename)] | None = None
 
 
-class EarlyStoppingSection(_Section):
+class EarlyStoppingSection(Section):
     monitor: str = "val_accuracy"
     mode: Literal["auto", "min", "max"] = "auto"
     patience: Annotated[int, Field(ge=0)] = 10
@@ -320,7 +218,7 @@ class EarlyStoppingSection(_Section):
     restore_best_weights: bool = True
 
 
-class OneCycleSchedule(_Section):
+class OneCycleSchedule(Section):
     """One-cycle learning rate, per batch: a linear warm-up from max/25 to `max_learning_rate`
     over `warmup_fraction` of all steps, then a cosine decay to max/10000 at the last step.
     The optimizer's own learning_rate is overridden while it runs."""
@@ -336,7 +234,7 @@ def _one_of(section: BaseModel, *keys: str) -> None:
         raise PydanticCustomError("one_of", "set {keys}, not both", {"keys": " or ".join(given)})
 
 
-class CosineSchedule(_Section):
+class CosineSchedule(Section):
     """keras.optimizers.schedules.CosineDecay, per step: an optional linear warm-up from 0 to the
     optimizer's learning_rate, then a cosine decay to `alpha` x learning_rate.
 
@@ -359,7 +257,7 @@ class CosineSchedule(_Section):
         return self
 
 
-class ExponentialSchedule(_Section):
+class ExponentialSchedule(Section):
     """keras.optimizers.schedules.ExponentialDecay: learning_rate x decay_rate ** (epochs done /
     decay_epochs), updated every step (in whole multiples of decay_epochs with `staircase`)."""
 
@@ -369,7 +267,7 @@ class ExponentialSchedule(_Section):
     staircase: bool = False
 
 
-class StepSchedule(_Section):
+class StepSchedule(Section):
     """The learning rate times `factor` every `every_epochs` epochs
     (keras.optimizers.schedules.ExponentialDecay with staircase=True)."""
 
@@ -378,7 +276,7 @@ class StepSchedule(_Section):
     factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
 
 
-class ReduceOnPlateauSchedule(_Section):
+class ReduceOnPlateauSchedule(Section):
     """keras.callbacks.ReduceLROnPlateau: when `monitor` has not improved by `min_delta` for
     `patience` epochs, the learning rate is multiplied by `factor` (not below
     `min_learning_rate`), then `cooldown` epochs pass before it counts again. Defaults as Keras."""
@@ -403,7 +301,7 @@ def _named(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value  # `loss: mse` means `{name: mse}`
 
 
-class Loss(_Section):
+class Loss(Section):
     """The training loss: a Keras loss and its options; `loss: NAME` is short for `{name: NAME}`.
 
     label_smoothing (cross-entropies): targets become (1 - s) x one-hot + s / classes.
@@ -472,7 +370,7 @@ def _distinct(names: list[str]) -> list[str]:
     return names
 
 
-class TrainSection(_Section):
+class TrainSection(Section):
     optimizer: Optimizer = Adam(name="adam")
     lr_schedule: LrSchedule | None = None  # null: the optimizer's constant learning_rate
     loss: Annotated[Loss, BeforeValidator(_named)] = Loss()
@@ -518,7 +416,7 @@ def parse_duration(value: Any) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-class SearchRange(_Section):
+class SearchRange(Section):
     """The values `cnnlab tune` tries for one config key: exactly one of
 
     choice: [a, b, ...], any values the config takes there (numbers, names, mappings);
@@ -527,8 +425,8 @@ class SearchRange(_Section):
     """
 
     choice: Annotated[list[Any], Field(min_length=1)] | None = None
-    int_range: Annotated[tuple[int, int], BeforeValidator(_as_tuple)] | None = Field(None, alias="int")
-    float_range: Annotated[tuple[float, float], BeforeValidator(_as_tuple)] | None = Field(None, alias="float")
+    int_range: Annotated[tuple[int, int], BeforeValidator(as_tuple)] | None = Field(None, alias="int")
+    float_range: Annotated[tuple[float, float], BeforeValidator(as_tuple)] | None = Field(None, alias="float")
     step: Annotated[float, Field(gt=0.0)] | None = None
     log: bool = False
 
@@ -583,7 +481,7 @@ def _search_space(value: Any) -> Any:
     return out
 
 
-class PrunerSection(_Section):
+class PrunerSection(Section):
     """Stopping weak trials early, on the objective reported after every epoch.
 
     median: a trial stops when its value is worse than the median of the earlier trials' values
@@ -596,7 +494,7 @@ class PrunerSection(_Section):
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
 
 
-class TuneSection(_Section):
+class TuneSection(Section):
     """What `cnnlab tune` searches: config keys (the paths --set takes) and their ranges, the value
     it optimises (logged every epoch; the best epoch's counts) and how long it searches."""
 
@@ -610,7 +508,7 @@ class TuneSection(_Section):
     space: Annotated[dict[str, SearchRange], BeforeValidator(_search_space), Field(min_length=1)]
 
 
-class Config(_Section):
+class Config(Section):
     name: RunName
     seed: int = 42
     data: DataSection = DataSection()
