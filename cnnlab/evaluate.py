@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,7 +265,3 @@ def _write(result: Evaluation, images: np.ndarray | None, out_dir: Path) -> list
     rundir.write_json(out_dir / "evaluation.json", result.to_dict())
     rundir.write_text(out_dir / "report.txt", result.report())
     return files
-
-
-def to_json(result: Evaluation) -> str:
-    return json.dumps(result.to_dict(), indent=2)

@@ -503,7 +503,7 @@ def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: t
     tune trial). Without it the checkpoint is loaded without compiling, so the optimizer's state
     (twice the weights) stays on disk, and compiled with the loss only. `eager`: the test
     outputs come from eager calls instead of `predict`, whose function is not traced then; those
-    calls add ~10 MB to the peak of a run whose TFLite export follows (mnist_fast: 835 -> 845 MB).
+    calls add to the peak memory of a run whose TFLite export follows.
     """
     best = run_dir / rundir.BEST
     if trained is not None:
