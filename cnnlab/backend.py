@@ -174,7 +174,7 @@ def output_silenced(fds: tuple[int, ...] = (1, 2), keep: Callable[[str], bool] |
     except (OSError, ValueError):  # no usable stdout/stderr: nothing to hide
         yield
         return
-    sink = tempfile.TemporaryFile() if keep is not None else open(os.devnull, "wb")  # noqa: SIM115 (closed below)
+    sink = tempfile.TemporaryFile() if keep is not None else open(os.devnull, "wb")  # closed below
     failed = True
     try:
         for fd in fds:

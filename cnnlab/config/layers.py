@@ -298,7 +298,7 @@ LAYER_TYPES = (
     GlobalPoolingLayer, ZeroPadding2DLayer, DropoutLayer, SpatialDropout2DLayer, BatchNormalizationLayer,
     LayerNormalizationLayer, ActivationLayer,
 )
-Layer = Annotated[Union[LAYER_TYPES], Field(discriminator="type")]  # noqa: UP007 (a tuple of classes)
+Layer = Annotated[Union[LAYER_TYPES], Field(discriminator="type")]  # Union of a tuple: every class of the table
 
 
 def layer_type_names() -> list[str]:
