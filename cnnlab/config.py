@@ -472,6 +472,20 @@ def _distinct(names: list[str]) -> list[str]:
     return names
 
 
+def _class_weight(value: Any) -> Any:
+    """auto, or {class name: positive weight}; `{3: 5}` (YAML's number keys) names MNIST's class "3"."""
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, dict) or not value:
+        raise PydanticCustomError("class_weight", f"{value!r} is not valid; use auto, or weights by class name "
+                                  "such as {cat: 2.0, dog: 1.0}")
+    for name, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise PydanticCustomError("class_weight", f"class {name}: {weight!r} is not a weight; give a "
+                                      "positive number")
+    return {str(name): float(weight) for name, weight in value.items()}
+
+
 class TrainSection(_Section):
     optimizer: Optimizer = Adam(name="adam")
     lr_schedule: LrSchedule | None = None  # null: the optimizer's constant learning_rate
@@ -502,6 +516,9 @@ class TrainSection(_Section):
     # output layer stays float32. mixed_bfloat16 for CPUs with AVX512_BF16/AMX and recent GPUs,
     # mixed_float16 for GPUs (on a CPU it is refused: slower there than float32).
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # weigh each class's share of the loss (cnnlab.data.balance): auto = scikit-learn's "balanced",
+    # n_samples / (n_classes * count); {class name: weight}, a class left out weighs 1; null: unweighted
+    class_weight: Annotated[str | dict[str, float] | None, BeforeValidator(_class_weight)] = None
 
 
 # --- tune ---------------------------------------------------------------------------
@@ -887,7 +904,7 @@ def _describe(error: dict, data: dict) -> str:
     return f"{path}: {error['msg'].rstrip('.')} (got {value!r})."
 
 
-_OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space")
+_OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space", "class_weight")
 
 
 def _is_number(text: str) -> bool:

@@ -8,7 +8,9 @@
                          the tf.distribute strategy, replicas, workers, global batch (docs/SCALING.md)
       data.json          the data: classes (names), image size and colour, scale, sample counts
                          (also per class and split: class_counts),
-                         how predict prepares a picture, the test images of a user's data set
+                         how predict prepares a picture, the test images of a user's data set,
+                         `warnings` (uneven classes, the same image in two classes or in train and
+                         test), `class_weight` (the weights train.class_weight resolved to, by class)
       summary.txt        Keras' layer table with output shapes and parameter counts
       best.keras         the best checkpoint (by train.checkpoint.monitor)
       history.csv/.json  one row per epoch: loss, metrics, val_*, learning rate, seconds

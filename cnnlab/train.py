@@ -50,6 +50,9 @@ from cnnlab import distribute, rundir
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_run_config, validate_config
 from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
+from cnnlab.data.audit import training_findings
+from cnnlab.data.balance import class_weights, is_uneven
+from cnnlab.data.balance import named as named_weights
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
@@ -152,8 +155,9 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     hooks = hooks or Hooks()
     plan = check_model(cfg, str(source))
     distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
-    # a missing GPU or data file fails here, before a run folder exists
+    # a missing GPU or data file, or a class weight for no class, fails here, before a run folder exists
     data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet, hooks.data)
+    class_weights(cfg.train.class_weight, data.labels[data.train], plan.data.class_names, str(source))
     dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
     if dist is not None and not dist.chief:  # only the chief writes the run directory
         runs_dir, quiet = dist.private_dir(), True
@@ -356,9 +360,15 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)})
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), data)
-    record = data_record(data, splits, cfg.data)
+    warnings = [finding.message for finding in training_findings(data)]  # uneven classes, label conflicts, leaks
+    weights = class_weights(cfg.train.class_weight, data.labels[splits.x_train.rows], plan.data.class_names,
+                            str(run_dir / rundir.CONFIG))
+    record = {**data_record(data, splits, cfg.data), "warnings": warnings,
+              "class_weight": named_weights(weights, plan.data.class_names)}
     rundir.write_json(run_dir / rundir.DATA, record)
     say(describe_data(record))
+    for warning in warnings:
+        echo(f"warning: {warning}")
     batch_size = dist.global_batch if dist is not None else cfg.train.batch_size
     steps_per_epoch = -(-len(splits.x_train) // batch_size)
     mirrored = distribute.scope_of(dist)  # models and optimizers made in it have a copy on every replica
@@ -406,7 +416,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
                                        _verbose(cfg), run_dir)
         else:
             _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment,
-                     batch_size=batch_size)
+                     batch_size=batch_size, class_weight=weights)
         stop.check()  # a Ctrl-C after the last batch still counts
     seconds = time.perf_counter() - started
     if dist is not None and not dist.chief:  # the chief scores, plots and exports; this copy is deleted
@@ -435,6 +445,9 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
     )
     per_class = metrics["test_accuracy_per_class"]
+    if weights is not None or is_uneven(record["class_counts"]["train"]) or is_uneven(record["class_counts"]["test"]):
+        echo(f"balanced accuracy {metrics['test_balanced_accuracy']:.4f} (the mean of the per-class accuracies: "
+             "the classes are uneven" + (", weighted in training)" if weights is not None else ")"))
     if len(per_class) <= 20:
         say("per class: " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items()))
     if rows:
@@ -657,9 +670,9 @@ def _shapes(value) -> str:
 
 
 def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int,
-             augment=None, batch_size: int | None = None) -> None:
+             augment=None, batch_size: int | None = None, class_weight: dict[int, float] | None = None) -> None:
     common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
-                  callbacks=callbacks, verbose=_verbose(cfg))
+                  callbacks=callbacks, verbose=_verbose(cfg), class_weight=class_weight)
     batches, steps = epoch_batches(
         splits.x_train, splits.y_train, batch_size or cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs,
         augment
@@ -998,6 +1011,7 @@ def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: t
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
     return {"test_loss": float(loss), "test_accuracy": float(np.mean(right)),
+            "test_balanced_accuracy": float(np.mean(list(per_class.values()))),  # the mean recall of the classes
             "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, probs
 
 
