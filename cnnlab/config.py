@@ -143,7 +143,23 @@ Layer = Annotated[
 ]
 
 
+class BackboneSection(_Section):
+    """A pretrained keras.applications network under model.layers (cnnlab.backbone; its FAMILIES list the names).
+
+    weights: imagenet (Keras' own download and cache), the path of a weights file (.h5), or
+    null (a random start). trainable: false keeps it frozen (train.fine_tune unfreezes it
+    later); pooling: avg or max gives one vector per picture, null the feature map itself.
+    """
+
+    name: str
+    alpha: Annotated[float, Field(gt=0.0)] | None = None  # mobilenet's width; default 1.0
+    weights: str | None = "imagenet"
+    trainable: bool = False
+    pooling: Literal["avg", "max"] | None = "avg"
+
+
 class ModelSection(_Section):
+    backbone: BackboneSection | None = None  # null: model.layers is the whole model
     layers: Annotated[list[Layer], Field(min_length=1)]
 
 
@@ -486,6 +502,19 @@ def _class_weight(value: Any) -> Any:
     return {str(name): float(weight) for name, weight in value.items()}
 
 
+class FineTuneSection(_Section):
+    """A second phase after train.epochs: the backbone's top layers unfrozen, trained with a low learning rate.
+
+    unfreeze: how many of the backbone's last layers train (or all); batch_norm: whether its
+    batch-normalisation layers train too (they keep their ImageNet statistics either way).
+    """
+
+    unfreeze: PositiveInt | Literal["all"] = "all"
+    epochs: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-5
+    batch_norm: bool = False
+
+
 class TrainSection(_Section):
     optimizer: Optimizer = Adam(name="adam")
     lr_schedule: LrSchedule | None = None  # null: the optimizer's constant learning_rate
@@ -519,6 +548,8 @@ class TrainSection(_Section):
     # weigh each class's share of the loss (cnnlab.data.balance): auto = scikit-learn's "balanced",
     # n_samples / (n_classes * count); {class name: weight}, a class left out weighs 1; null: unweighted
     class_weight: Annotated[str | dict[str, float] | None, BeforeValidator(_class_weight)] = None
+    # after the train.epochs of a frozen model.backbone: train.fine_tune.epochs more with it unfrozen
+    fine_tune: FineTuneSection | None = None
 
 
 # --- tune ---------------------------------------------------------------------------
@@ -700,11 +731,14 @@ def read_run_config(path: Path, recorded_source: str | None) -> dict:
 
 
 def _absolute_data_path(data: dict, folder: Path) -> None:
-    section = data.get("data")
-    if isinstance(section, dict) and isinstance(section.get("path"), str) and section["path"]:
-        given = Path(section["path"]).expanduser()
-        if not given.is_absolute():
-            section["path"] = os.path.normpath(folder / given)
+    """data.path, and a backbone's weights file (model.backbone.weights), made absolute from `folder`."""
+    model = data.get("model")
+    backbone = model.get("backbone") if isinstance(model, dict) else None
+    for section, key, keep in ((data.get("data"), "path", ()), (backbone, "weights", ("imagenet",))):
+        if isinstance(section, dict) and isinstance(section.get(key), str) and section[key] not in ("", *keep):
+            given = Path(section[key]).expanduser()
+            if not given.is_absolute():
+                section[key] = os.path.normpath(folder / given)
 
 
 def read_yaml_mapping(path: Path) -> dict:

@@ -56,7 +56,8 @@ from cnnlab.data.balance import named as named_weights
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
-from cnnlab.model import ModelPlan, build_model, check_model, class_predictions, summary_text
+from cnnlab.model import ModelPlan, build_model, build_network, check_model, class_predictions, summary_text
+from cnnlab.transfer import fine_tuning, fit_with_backbone, phase_change, total_epochs
 from cnnlab.plots import plot_history
 
 Echo = Callable[[str], None]
@@ -166,7 +167,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     rundir.write_json(run_dir / rundir.RUN, {
         "name": cfg.name, "status": "running", "config_source": str(source),
-        "started": _now(), "epochs_planned": cfg.train.epochs, "epochs_completed": 0,
+        "started": _now(), "epochs_planned": total_epochs(cfg), "epochs_completed": 0,
         **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
     })
     _info(echo, quiet)(f"run directory: {run_dir}")
@@ -355,9 +356,11 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     keras, device_name = backend
     say = _info(echo, quiet)
     history = list(rows)
-    rundir.write_json(run_dir / rundir.ENVIRONMENT, {
-        **environment(keras, device_name), "precision": cfg.train.precision,
-        "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)})
+    env = {**environment(keras, device_name), "precision": cfg.train.precision,
+           "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)}
+    if history and (run_dir / rundir.ENVIRONMENT).exists():  # the weights file the run started from
+        env.update({k: v for k, v in rundir.read_json(run_dir / rundir.ENVIRONMENT).items() if k == "backbone"})
+    rundir.write_json(run_dir / rundir.ENVIRONMENT, env)
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), data)
     warnings = [finding.message for finding in training_findings(data)]  # uneven classes, label conflicts, leaks
@@ -376,6 +379,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         with mirrored:
             model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
         done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps_per_epoch
+        if cfg.model.backbone is not None and fine_tuning(keras, model):  # fine-tuning's optimizer starts at 0
+            done += cfg.train.epochs
         if done < len(history):  # killed between the history write and the state's rename
             say(f"the saved state is from epoch {done}: epoch {done + 1} is trained again")
             history = history[:done]
@@ -383,7 +388,11 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
             keras.utils.set_random_seed(cfg.seed + done)
     else:
         with mirrored:
-            model = build_model(cfg, plan.input_shape)
+            network = build_network(cfg, plan.input_shape, str(run_dir / rundir.CONFIG))
+            model = network.model
+            if network.backbone is not None:
+                env["backbone"] = network.backbone.weights
+                rundir.write_json(run_dir / rundir.ENVIRONMENT, env)
             if start is not None:
                 start.apply(model)
                 say(f"starting from the weights of {start.path}")
@@ -414,6 +423,10 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         elif dist is not None and dist.kind == "multi_worker":  # Keras' fit fails there: cnnlab's own step
             distribute.fit_distributed(keras, model, cfg, splits, callbacks, len(history), dist, augment,
                                        _verbose(cfg), run_dir)
+        elif cfg.model.backbone is not None:  # the frozen phase (on features computed once), then fine-tuning
+            fit_with_backbone(keras, model, cfg, splits, validation, callbacks, len(history), augment, batch_size,
+                              recorder, (lambda: _early_stopping(keras, cfg, rows, fresh_patience=True))
+                              if cfg.train.early_stopping is not None else None, say, _verbose(cfg), steps_per_epoch)
         else:
             _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment,
                      batch_size=batch_size, class_weight=weights)
@@ -428,14 +441,16 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         diverged["batches"] = steps_per_epoch
     if diverged is not None and not (run_dir / rundir.BEST).exists():
         if rows:
-            plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+            plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode),
+                         phase_change=phase_change(cfg))
         _mark(run_dir, status="diverged", stopped=_now(), epochs_completed=len(rows), diverged_at=diverged)
         raise Diverged(_divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
 
     # The result line comes first, the curves and the TFLite copy (~1 s together) after it.
     # the model that trained is scored with the best weights (its evaluate step is traced by the
     # validation); multi_worker's model, outside Keras' fit, is scored as a fresh copy from disk
-    scored = None if dist is not None and dist.kind == "multi_worker" else model
+    # (and a fine-tuned backbone model, whose optimizer is not the one a frozen-phase best.keras holds)
+    scored = None if (dist is not None and dist.kind == "multi_worker") or cfg.train.fine_tune else model
     with step(f"scoring the best checkpoint on {_count(splits.x_test)} test samples", quiet):
         metrics, probs = score_best(keras, run_dir, splits, cfg, plan.data.class_names, scored,
                                     eager=not hooks.export_tflite)
@@ -451,7 +466,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     if len(per_class) <= 20:
         say("per class: " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items()))
     if rows:
-        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode),
+                         phase_change=phase_change(cfg))
     # The trained model and its optimizer state (3x the weights) are done with: freed now, their
     # memory is reused by the converter instead of adding to the run's peak.
     del model, scored, recorder, guard, callbacks
@@ -503,7 +519,7 @@ def _interrupted(cfg: Config, run_dir: Path, rows: list[dict], echo: Echo) -> Tr
     """Ctrl-C or SIGTERM: keep what finished and say what is true about it."""
     if rows:
         try:
-            plot_history(rows, run_dir, cfg.name)
+            plot_history(rows, run_dir, cfg.name, phase_change=phase_change(cfg))
         except rundir.DiskFull:
             pass  # the curves are a convenience; the run's own files matter more
     _mark(run_dir, status="interrupted", stopped=_now(), epochs_completed=len(rows))
@@ -799,14 +815,15 @@ def environment(keras, device_name: str) -> dict:
     }
 
 
-def _early_stopping(keras, cfg: Config, history: list[dict]):
+def _early_stopping(keras, cfg: Config, history: list[dict], fresh_patience: bool = False):
+    """Early stopping that starts from the best value in `history`, and its patience (or afresh)."""
     es = cfg.train.early_stopping
     mode = monitor_mode(es.monitor, es.mode)
     resumed = None
     values = [row[es.monitor] for row in history if es.monitor in row]
     if values:  # a resumed run keeps counting patience where it left off
         best_index = int(np.argmax(values) if mode == "max" else np.argmin(values))
-        resumed = (values[best_index], len(values) - 1 - best_index)
+        resumed = (values[best_index], 0 if fresh_patience else len(values) - 1 - best_index)
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         def on_train_begin(self, logs=None):
@@ -885,6 +902,7 @@ def _recorder_class(keras):
             # rows: the finished epochs, appended to in place (the caller reads them after an interruption)
             self.cfg, self.run_dir, self.rows, self.stop, self.say = cfg, run_dir, rows, stop, say
             self.guard = guard  # the divergence guard: an epoch it stopped is not recorded
+            self.saved_model = None  # what is saved, when not the model that trains (a backbone's head)
             ck = cfg.train.checkpoint
             self.monitor, self.mode = ck.monitor, monitor_mode(ck.monitor, ck.mode)
             seen = [row[self.monitor] for row in self.rows if self.monitor in row]
@@ -914,13 +932,13 @@ def _recorder_class(keras):
             # The resume state is renamed into place last: a kill before that leaves the previous
             # epoch's state, and `resume` replays this epoch (it trusts the state, not the history).
             with rundir.atomic_path(self.run_dir / rundir.RESUME_STATE, suffix=".keras") as state:
-                self.model.save(state)
+                (self.saved_model or self.model).save(state)
                 if improved:  # the same model and optimizer: a copy, not a second serialisation
                     rundir.copy_file(state, self.run_dir / rundir.BEST)
                 pattern = self.cfg.train.checkpoint.filename
                 if pattern and (improved or not self.cfg.train.checkpoint.save_best_only):
                     named = self.run_dir / pattern.format(epoch=epoch + 1, **logs)
-                    rundir.save_model(self.model, named)
+                    rundir.save_model(self.saved_model or self.model, named)
                     self.say(f"\nepoch {epoch + 1}: saved {named}")  # Keras' ModelCheckpoint says it too
                 self._write_history(rows)
                 rundir.update_json(self.run_dir / rundir.RUN, epochs_completed=len(rows))
