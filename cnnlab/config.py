@@ -156,6 +156,8 @@ class BackboneSection(_Section):
     weights: str | None = "imagenet"
     trainable: bool = False
     pooling: Literal["avg", "max"] | None = "avg"
+    # frozen and not augmented: the head trains on features computed once (false: through the backbone every batch)
+    cache_features: bool = True
 
 
 class ModelSection(_Section):

@@ -113,7 +113,7 @@ def _frozen_phase(keras, model, cfg: Config, splits: Splits, validation, callbac
                   augment, batch_size: int, recorder, say, verbose: int) -> None:
     """Epochs `first_epoch`..train.epochs - 1 with the backbone frozen: on cached features where they can be."""
     x_train, x_val = splits.x_train, splits.x_val
-    if cfg.model.backbone.trainable:
+    if cfg.model.backbone.trainable or not cfg.model.backbone.cache_features:
         fitted, val_data = model, validation
     elif augment is not None:
         say("backbone features are computed per batch: augmentation makes every epoch's pictures new, so there "
