@@ -426,7 +426,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         elif cfg.model.backbone is not None:  # the frozen phase (on features computed once), then fine-tuning
             fit_with_backbone(keras, model, cfg, splits, validation, callbacks, len(history), augment, batch_size,
                               recorder, (lambda: _early_stopping(keras, cfg, rows, fresh_patience=True))
-                              if cfg.train.early_stopping is not None else None, say, _verbose(cfg), steps_per_epoch)
+                              if cfg.train.early_stopping is not None else None, say, _verbose(cfg), steps_per_epoch,
+                              class_weight=weights)
         else:
             _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment,
                      batch_size=batch_size, class_weight=weights)

@@ -69,7 +69,8 @@ def weights_digest(keras, model) -> str:
 
 def fit_with_backbone(keras, model, cfg: Config, splits: Splits, validation, callbacks: list, first_epoch: int,
                       augment, batch_size: int, recorder, early_stopping: Callable[[], object] | None,
-                      say: Callable[[str], None], verbose: int, steps_per_epoch: int) -> None:
+                      say: Callable[[str], None], verbose: int, steps_per_epoch: int,
+                      class_weight: dict[int, float] | None = None) -> None:
     """Train a backbone model from epoch `first_epoch` (0-based) through both phases.
 
     Args:
@@ -78,12 +79,13 @@ def fit_with_backbone(keras, model, cfg: Config, splits: Splits, validation, cal
             is replaced at the phase change by `early_stopping()`, made from the history then.
         recorder: the run's recorder: it saves the whole model even while the head trains alone.
         augment: Keras' random layers for training batches, or None.
+        class_weight: each class's weight in the loss (train.class_weight), or None.
     """
     frozen = cfg.train.epochs
     fine_tune = cfg.train.fine_tune
     if first_epoch < frozen:
         _frozen_phase(keras, model, cfg, splits, validation, callbacks, first_epoch, augment, batch_size, recorder,
-                      say, verbose)
+                      say, verbose, class_weight)
         if fine_tune is None or any(getattr(c, "diverged", None) is not None for c in callbacks):
             return
         unfreeze(keras, model, fine_tune.unfreeze, fine_tune.batch_norm)
@@ -100,7 +102,7 @@ def fit_with_backbone(keras, model, cfg: Config, splits: Splits, validation, cal
     batches, steps = epoch_batches(splits.x_train, splits.y_train, batch_size, cfg.seed, first_epoch,
                                    total_epochs(cfg), augment)
     model.fit(batches, steps_per_epoch=steps, shuffle=False, validation_data=validation, epochs=total_epochs(cfg),
-              initial_epoch=first_epoch, callbacks=callbacks, verbose=verbose)
+              initial_epoch=first_epoch, callbacks=callbacks, verbose=verbose, class_weight=class_weight)
 
 
 def _fine_tune_config(cfg: Config) -> Config:
@@ -110,7 +112,7 @@ def _fine_tune_config(cfg: Config) -> Config:
 
 
 def _frozen_phase(keras, model, cfg: Config, splits: Splits, validation, callbacks: list, first_epoch: int,
-                  augment, batch_size: int, recorder, say, verbose: int) -> None:
+                  augment, batch_size: int, recorder, say, verbose: int, class_weight) -> None:
     """Epochs `first_epoch`..train.epochs - 1 with the backbone frozen: on cached features where they can be."""
     x_train, x_val = splits.x_train, splits.x_val
     if cfg.model.backbone.trainable or not cfg.model.backbone.cache_features:
@@ -146,7 +148,7 @@ def _frozen_phase(keras, model, cfg: Config, splits: Splits, validation, callbac
         batches, steps = epoch_batches(x_train, splits.y_train, batch_size, cfg.seed, first_epoch, cfg.train.epochs,
                                        augment)
         fitted.fit(batches, steps_per_epoch=steps, shuffle=False, validation_data=val_data, epochs=cfg.train.epochs,
-                   initial_epoch=first_epoch, callbacks=callbacks, verbose=verbose)
+                   initial_epoch=first_epoch, callbacks=callbacks, verbose=verbose, class_weight=class_weight)
     finally:
         recorder.saved_model = None
 
