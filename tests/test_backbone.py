@@ -206,3 +206,20 @@ def test_the_weights_sha256_is_the_files():
 def test_an_image_size_below_the_minimum_is_refused():
     with pytest.raises(CnnlabError, match="below mobilenet's minimum of 32x32"):
         check_backbone({"name": "mobilenet", "alpha": 0.25, "weights": None}, (28, 28), "c.yaml", what="mnist")
+
+
+@needs_shared
+def test_imagenet_weights_come_from_keras_own_cache(runner, tmp_path, monkeypatch):
+    import keras.src.backend.config as keras_config
+
+    home = tmp_path / "keras-home"
+    (home / "models").mkdir(parents=True)
+    # the 224 file under the 128 name: the same layers (MobileNet's weights do not depend on the size)
+    shutil.copy(WEIGHTS, home / "models" / "mobilenet_2_5_128_tf_no_top.h5")
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))  # where Keras looks before it downloads
+    data = backbone_config(write_photo_folder(tmp_path / "few", train=4, test=2), weights="imagenet", epochs=1)
+    data["data"]["image_size"] = [128, 128]
+    run, _ = _train(runner, tmp_path, data)
+    environment = json.loads((run / "environment.json").read_text())["backbone"]
+    assert environment == {"weights": "imagenet", "file": str(home / "models" / "mobilenet_2_5_128_tf_no_top.h5"),
+                           "sha256": WEIGHTS_SHA256}

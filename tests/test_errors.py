@@ -529,3 +529,83 @@ def _assert_user_error(runner, args, words) -> str:
         assert word in line, f"{word!r} not in {line!r}"
     assert "Traceback" not in result.output
     return line
+
+
+def _backbone_case(tmp: Path, change) -> dict:
+    from test_backbone import backbone_config, write_photo_folder
+
+    data = backbone_config(write_photo_folder(tmp / "photos", train=4, test=2))
+    change(data, tmp)
+    return data
+
+
+def _backbone(data, **settings):
+    data["model"]["backbone"].update(settings)
+
+
+def _saved_model(tmp: Path) -> str:
+    save_model(tmp / "whole.keras", input_shape=(4,), outputs=2)
+    return str(tmp / "whole.keras")
+
+
+# (id, change(config, tmp), words); the config is test_backbone's tiny MobileNet on a photo folder.
+# A weights file's layers are compared with the network once TensorFlow has built it: those two
+# cases fail in the run they started (marked failed); the others before any run starts.
+BUILT = ("weights of another alpha", "weights of another architecture")
+BACKBONE_CASES = [
+    ("unknown backbone", lambda d, t: _backbone(d, name="mobilenetv2"),
+     ["model.backbone.name", "'mobilenetv2' is not a backbone", "did you mean 'mobilenet_v2'"]),
+    ("weights of another alpha", lambda d, t: _backbone(d, alpha=0.5),
+     ["model.backbone.weights", "layer conv1 does not fit mobilenet alpha 0.5", "3x3x3x8", "another architecture or alpha"]),
+    ("weights of another architecture", lambda d, t: _backbone(d, name="mobilenet_v2", alpha=0.35),
+     ["model.backbone.weights", "does not fit mobilenet_v2 alpha 0.35"]),
+    ("a whole saved model as weights", lambda d, t: _backbone(d, weights=_saved_model(t)),
+     ["model.backbone.weights", "whole.keras is a whole saved Keras model", "not a weights file"]),
+    ("a text file as weights", lambda d, t: _backbone(d, weights=str(_write(t / "weights.h5", "not weights"))),
+     ["model.backbone.weights", "weights.h5 is not an HDF5 weights file"]),
+    ("an image size the ImageNet weights do not have", lambda d, t: (_backbone(d, weights="imagenet"),
+                                                                     d["data"].update(image_size=[100, 100])),
+     ["data.image_size", "ImageNet weights are for square pictures of 128, 160, 192, 224", "not 100x100"]),
+    ("an image size below the minimum", lambda d, t: d["data"].update(image_size=[24, 24]),
+     ["data.image_size 24x24 is, below mobilenet's minimum of 32x32", "[32, 32]"]),
+    ("fine-tuning more layers than the backbone has", lambda d, t: d["train"].update(
+        fine_tune={"unfreeze": 500, "epochs": 1}), ["train.fine_tune.unfreeze: 500", "the 87 layers of mobilenet alpha 0.25"]),
+    ("fine-tuning a backbone that trains from the start", lambda d, t: (_backbone(d, trainable=True), d["train"].update(
+        fine_tune={"epochs": 1})), ["train.fine_tune", "trainable is true"]),
+]
+
+
+@pytest.mark.parametrize("case, change, words", BACKBONE_CASES, ids=[case[0] for case in BACKBONE_CASES])
+def test_backbone_mistakes(runner, tmp_path, case, change, words):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_backbone_case(tmp_path, change)))
+    _assert_user_error(runner, ["train", str(config), "--runs-dir", str(tmp_path / "runs")], words)
+    assert (tmp_path / "runs").exists() == (case in BUILT)  # the others are refused before a run starts
+
+
+def test_imagenet_weights_offline_name_the_file_keras_wanted(runner, tmp_path, monkeypatch):
+    import keras.src.backend.config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras-home"))  # an empty Keras cache
+    data = _backbone_case(tmp_path, lambda d, t: (_backbone(d, weights="imagenet"), d["data"].update(image_size=[128, 128])))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    _assert_user_error(runner, ["train", str(config), "--runs-dir", str(tmp_path / "runs")], [
+        "model.backbone.weights: imagenet", "could not download mobilenet_2_5_128_tf_no_top.h5",
+        str(tmp_path / "keras-home" / "models"), "set model.backbone.weights to the path of a local copy"])
+
+
+def test_fine_tuning_without_a_backbone(runner, write_config):
+    data = small_dnn()
+    data["train"]["fine_tune"] = {"epochs": 2}
+    _assert_user_error(runner, ["train", str(write_config(data))], ["train.fine_tune", "has none", "model.backbone"])
+
+
+@needs_data
+def test_a_backbone_on_28x28_digits_is_refused_below_its_minimum(runner, write_config):
+    data = small_dnn()
+    data["model"] = {"backbone": {"name": "mobilenet", "alpha": 0.25, "weights": None},
+                     "layers": [{"type": "dense", "units": 10, "activation": "softmax"}]}
+    _assert_user_error(runner, ["train", str(write_config(data))], [
+        "data.image_size: mnist images are 28x28, below mobilenet's minimum of 32x32", "data.image_size: [32, 32]",
+        "grey ones become three channels"])
