@@ -201,7 +201,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
             "to start from its weights."
         )
     history_path = run.path / rundir.HISTORY_JSON
-    history = rundir.read_json(history_path)["epochs"] if history_path.exists() else []
+    history = rundir.read_history(history_path)
     if status == "running" and rundir.process_alive(info):
         raise CnnlabError(f"{run.path}: process {info['pid']} is still training this run; stop it first "
                           "(Ctrl-C keeps every finished epoch), then resume.")
