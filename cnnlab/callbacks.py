@@ -63,6 +63,9 @@ class RunRecorder(keras.callbacks.Callback):
         say: prints a line for the user.
         guard: the `DivergenceGuard` of the same fit: an epoch it stopped is not recorded.
 
+    `saved_model`, when set, is the model written instead of the one that trains (a backbone's
+    frozen phase trains its head alone and saves the whole model).
+
     Example:
         recorder = RunRecorder(run_dir, rows=[], stop=StopRequest(), monitor="val_accuracy", mode="max")
         model.fit(x, y, validation_split=0.1, epochs=3, callbacks=[recorder])
@@ -78,6 +81,7 @@ class RunRecorder(keras.callbacks.Callback):
                  guard: DivergenceGuard | None = None):
         super().__init__()
         self.run_dir, self.rows, self.stop, self.say, self.guard = Path(run_dir), rows, stop, say, guard
+        self.saved_model = None  # what is saved, when not the model that trains (a backbone's head)
         self.monitor, self.mode = monitor, mode
         self.filename, self.save_best_only = filename, save_best_only
         resumed = _best_so_far(rows, monitor, mode)
@@ -105,12 +109,12 @@ class RunRecorder(keras.callbacks.Callback):
             self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         )
         with rundir.atomic_path(self.run_dir / rundir.RESUME_STATE, suffix=".keras") as state:
-            self.model.save(state)
+            (self.saved_model or self.model).save(state)
             if improved:  # the same model and optimizer: a copy, not a second serialisation
                 rundir.copy_file(state, self.run_dir / rundir.BEST)
             if self.filename and (improved or not self.save_best_only):
                 named = self.run_dir / self.filename.format(epoch=epoch + 1, **logs)
-                rundir.save_model(self.model, named)
+                rundir.save_model(self.saved_model or self.model, named)
                 self.say(f"\nepoch {epoch + 1}: saved {named}")  # Keras' ModelCheckpoint says it too
             self._write_history(rows)
             rundir.update_json(self.run_dir / rundir.RUN, epochs_completed=len(rows))
@@ -173,6 +177,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     Args:
         history: the finished epochs' history rows (empty for a new run): the best value of
             `monitor` among them and the epochs since it become the callback's `best` and `wait`.
+        fresh_patience: keep the best value but start the patience again (a backbone's fine-tuning phase).
         mode: "min" or "max" (resolved; not "auto").
         **kwargs: as for keras.callbacks.EarlyStopping (monitor, patience, min_delta,
             restore_best_weights).
@@ -182,9 +187,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         ResumableEarlyStopping(rows, monitor="val_loss", mode="min", patience=2)  # wait 1 at the start
     """
 
-    def __init__(self, history=(), **kwargs):
+    def __init__(self, history=(), fresh_patience: bool = False, **kwargs):
         super().__init__(**kwargs)
         self._resumed = _best_so_far(history, kwargs.get("monitor", "val_loss"), kwargs.get("mode", "min"))
+        if self._resumed is not None and fresh_patience:
+            self._resumed = (self._resumed[0], 0)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)

@@ -175,7 +175,11 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         kind, loss = "cnnlab run", cfg.train.loss
         lite = run_dir / TFLITE
         if fast and lite.exists() and _lite_is_current(run_dir, path, lite):
-            model = LiteModel(lite, threads)
+            try:
+                model = LiteModel(lite, threads)
+            except ValueError as exc:  # LiteRT's word for a file that is no flatbuffer, or an empty one
+                raise CnnlabError(f"{lite}: LiteRT cannot load it ({_first_line(exc)}); the file is damaged: "
+                                  f"delete it, and predict and serve use {rundir.BEST} through Keras.") from None
             return LoadedModel(
                 model=model, path=lite, kind="cnnlab run (TFLite copy of best.keras)", dataset=dataset,
                 scale=float(scale), input_shape=_fit_input(model, lite, info), loss=loss, run_dir=run_dir,
@@ -206,8 +210,8 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
         from cnnlab.config import DataSection
 
         settings = DataSection(dataset=dataset, scale=scale)
-    if scale <= 0:
-        raise CnnlabError(f"--scale {scale:g}: must be a positive number (pixels are divided by it), e.g. 255.")
+    if not (scale > 0 and np.isfinite(scale)):
+        raise CnnlabError(f"--scale {scale:g}: must be a positive, finite number (pixels are divided by it), e.g. 255.")
 
     config, saved_by, file_loss = _read_model_config(path)
     if saved_by:
@@ -229,7 +233,7 @@ def _lite_is_current(run_dir: Path, checkpoint: Path, lite: Path) -> bool:
     try:
         metrics = rundir.read_json(run_dir / rundir.METRICS)
         recorded = metrics.get("tflite_from_sha256")
-    except (OSError, ValueError, AttributeError):  # no metrics, or damaged: the checkpoint through Keras
+    except (OSError, ValueError):  # no metrics, or damaged (rundir.Damaged): the checkpoint through Keras
         return False
     if recorded is None:
         return metrics.get("tflite") == TFLITE and lite.stat().st_mtime >= checkpoint.stat().st_mtime
@@ -300,10 +304,35 @@ def run_data(run_dir: Path, cfg) -> tuple[DatasetInfo, list[str] | None]:
     record_path = run_dir / rundir.DATA
     if record_path.exists():
         record = rundir.read_json(record_path)
-        return info_from_record(record), record.get("test_files")
+        _check_record(record, record_path)
+        try:
+            return info_from_record(record), record.get("test_files")
+        except (KeyError, TypeError, ValueError) as exc:  # what the checks above do not know of
+            raise rundir.Damaged(record_path, f"{type(exc).__name__}: {exc}") from None
     if cfg.data.dataset not in DATASETS:
         raise CnnlabError(f"{run_dir}: the run has no {rundir.DATA}; it cannot tell its classes and images.")
     return describe(cfg.data, str(run_dir / rundir.CONFIG)), None
+
+
+_RECORD_TYPES = {  # data.json's keys that predict and evaluate read: (what each must be, its test)
+    "dataset": ("a data set's name", lambda v: isinstance(v, str)),
+    "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v) and v),
+    "sample_shape": ("a list of sizes", lambda v: isinstance(v, list) and all(type(d) is int and d > 0 for d in v)),
+    "samples": ("train and test counts", lambda v: isinstance(v, dict) and all(type(v.get(k)) is int
+                                                                              for k in ("train", "test"))),
+    "test_files": ("a list of file names", lambda v: v is None or isinstance(v, list)
+                   and all(isinstance(f, str) for f in v)),
+    "image_size": ("a [height, width] pair", lambda v: v is None or isinstance(v, list) and len(v) == 2
+                   and all(type(d) is int and d > 0 for d in v)),
+}
+
+
+def _check_record(record: dict, path: Path) -> None:
+    for key, (what, valid) in _RECORD_TYPES.items():
+        if key not in record and key in ("dataset", "classes", "sample_shape", "samples"):
+            raise rundir.Damaged(path, f"no {key!r}")
+        if key in record and not valid(record[key]):
+            raise rundir.Damaged(path, f"{key} is {json.dumps(record[key])[:60]}, not {what}")
 
 
 def _refuse_other_data(cfg, run_dir: Path, dataset: str | None, scale: float | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 from enum import Enum
@@ -18,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnnlab.backend import sigterm_interrupts
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, printable
 from cnnlab.runs import SORT_KEYS as RUNS_SORT_KEYS
 
 app = typer.Typer(
@@ -44,10 +45,15 @@ def user_errors(command):
         except CnnlabError as exc:
             if _state["debug"]:
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            say("error", exc)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def say(kind: str, message) -> None:
+    """One `error: ...` or `warning: ...` line on stderr, control characters of file names escaped."""
+    typer.echo(f"{kind}: {printable(str(message))}", err=True)
 
 
 def _show_version(value: bool) -> None:
@@ -223,7 +229,7 @@ def compare(
 
     if output.suffix.lower() != ".png":
         raise CnnlabError(f"--output {output}: the figure is a PNG; give a file name ending in .png.")
-    written = plot_comparison(runs, output, warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    written = plot_comparison(runs, output, warn=lambda message: say("warning", message))
     typer.echo(f"wrote {written}")
 
 
@@ -266,8 +272,15 @@ Target = Annotated[Path, typer.Argument(
 DatasetOption = Annotated[Optional[EvalDataset], typer.Option(
     help="For a model file: the data set it was trained on (default mnist). A run knows its own.",
     show_default=False)]
+def _finite(value: float | None) -> float | None:
+    """A float option's check: `inf` and `nan` parse as floats, but no size or scale means them."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 ScaleOption = Annotated[Optional[float], typer.Option(
-    help="For a model file: pixels are divided by this, as in its training (default 255).", show_default=False)]
+    callback=_finite, help="For a model file: pixels are divided by this, as in its training (default 255).", show_default=False)]
 UnsafeOption = Annotated[bool, typer.Option(
     "--unsafe", help="Allow Lambda layers, whose Python code runs when the model loads. Only for files you trust.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text (for scripts).")]
@@ -293,7 +306,7 @@ def check_data(
     result = audit_data(target, overrides or [], out=out, progress=_progress)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report(), nl=as_json)
     for finding in result.blocking:
-        typer.echo(f"error: {finding.message}", err=True)
+        say("error", finding.message)
     if result.blocking:
         raise typer.Exit(2)
 
@@ -358,7 +371,7 @@ def predict(
     if explain is not None and not as_json and results:
         typer.echo(f"explanations: {explain}/", err=True)
     for error in bad:  # after the answers: every image that could be read got one
-        typer.echo(f"error: {error}", err=True)
+        say("error", error)
     if bad:
         raise typer.Exit(2)
 
@@ -371,7 +384,7 @@ def serve(
         help="The address to listen on; 127.0.0.1 serves only this machine, 0.0.0.0 every network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(
-        "--max-upload-mb", min=0.001, help="Refuse request bodies larger than this (HTTP 413).")] = 10.0,
+        "--max-upload-mb", min=0.001, callback=_finite, help="Refuse request bodies larger than this (HTTP 413).")] = 10.0,
     workers: Annotated[Optional[int], typer.Option(
         min=1, help="Server processes sharing the port, each with its own model [default: one per core, at most 4].",
         show_default=False)] = None,
@@ -465,7 +478,7 @@ def main() -> None:
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             # Typer checks choices through pydantic, whose "Value error, " prefix says nothing to a user
             message = exc.format_message().replace(": Value error, ", ": ")
-            typer.echo(f"error: {message}{hint}", err=True)
+            say("error", f"{message}{hint}")
         code = exc.exit_code
     except typer.Abort:
         typer.echo("Aborted.", err=True)

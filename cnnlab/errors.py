@@ -27,3 +27,17 @@ def did_you_mean(word: str, options: list[str]) -> str:
         return f" (did you mean {starts[0]!r}?)"
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def printable(text: str) -> str:
+    r"""`text` with its control and format characters escaped (`\n`, `\x1b`, `\u202e`).
+
+    A message names files, and a file name may hold a newline, a terminal escape sequence or a
+    right-to-left override: printed raw, one error would become two lines, recolour the
+    terminal or show another name than the file's. Escaped, it stays one line that says what
+    the name holds.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)

@@ -33,6 +33,7 @@ from cnnlab import rundir
 from cnnlab.checkpoint import LoadedModel, load_checkpoint, make_output_dir
 from cnnlab.config import Loss
 from cnnlab.data import encode_labels, load, select_test_files
+from cnnlab.data.balance import is_uneven
 from cnnlab.model import class_predictions
 
 OUTPUT_DIR = "evaluation"  # inside a run directory
@@ -53,11 +54,13 @@ class Evaluation:
     accuracy: float
     correct: int
     per_class: list[dict]
+    balanced_accuracy: float  # the mean recall of the classes in the test set
     confusion: np.ndarray
     mistakes: list[dict]  # the most confident first: index, true, predicted, confidence
     total_wrong: int
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
+    uneven: bool = False  # the test or training classes are uneven, or training weighed them: the report says balanced
 
     def to_dict(self) -> dict:
         loaded = self.loaded
@@ -68,7 +71,7 @@ class Evaluation:
             "input_shape": list(loaded.input_shape), "samples": self.samples,
             "loss": self.loss, "loss_name": self.loss_name, "loss_options": self.loss_options,
             "loss_as_trained": self.loss_as_trained,
-            "accuracy": self.accuracy, "correct": self.correct,
+            "accuracy": self.accuracy, "correct": self.correct, "balanced_accuracy": self.balanced_accuracy,
             "per_class": self.per_class, "macro_avg": macro,
             "confusion_matrix": self.confusion.tolist(),
             "worst_mistakes": self.mistakes, "mistakes": self.total_wrong,
@@ -90,8 +93,10 @@ class Evaluation:
             f"{scaling}",
             f"loss      {self.loss:.4f} ({', '.join(filter(None, (self.loss_name, self.loss_options, how)))})",
             f"accuracy  {self.accuracy:.4f} ({self.correct} of {self.samples} right)",
-            "",
         ]
+        if self.uneven:
+            lines.append(f"balanced  {self.balanced_accuracy:.4f} (the mean recall of the classes: they are uneven)")
+        lines.append("")
         width = max(len("macro avg"), *(len(label) for label in labels))
         lines.append(f"{'class':<{width}}  precision  recall      f1  support")
         for label, row in zip(labels, self.per_class):
@@ -136,6 +141,7 @@ def evaluate(target: str | Path, dataset: str | None = None, scale: float | None
     predicted = class_predictions(probs)
     loss = loaded.loss or FALLBACK_LOSS
     result = _score(loaded, labels, probs, predicted, loss, _loss(loaded, loss, x, probs, labels, info.num_classes))
+    result.uneven = is_uneven([row["support"] for row in result.per_class]) or _trained_uneven(loaded.run_dir)
 
     out_dir = Path(out) if out is not None else (loaded.run_dir / OUTPUT_DIR if loaded.run_dir else None)
     if out_dir is not None:
@@ -168,8 +174,14 @@ def _score(loaded: LoadedModel, labels: np.ndarray, probs: np.ndarray, predicted
         loaded=loaded, samples=len(labels), loss=value,
         loss_name=loss.name, loss_as_trained=loaded.loss is not None, loss_options=", ".join(options),
         accuracy=correct / max(len(labels), 1), correct=correct, per_class=per_class,
-        confusion=confusion, mistakes=mistakes, total_wrong=total_wrong,
+        balanced_accuracy=_balanced(per_class), confusion=confusion, mistakes=mistakes, total_wrong=total_wrong,
     )
+
+
+def _balanced(per_class: list[dict]) -> float:
+    """The mean recall of the classes in the test set (scikit-learn's balanced_accuracy_score)."""
+    recalls = [row["recall"] for row in per_class if row["support"] > 0]
+    return float(np.mean(recalls)) if recalls else 0.0
 
 
 def class_scores(labels: np.ndarray, predicted: np.ndarray, class_names) -> tuple[list[dict], np.ndarray]:
@@ -207,6 +219,14 @@ def confident_mistakes(labels: np.ndarray, probs: np.ndarray, predicted: np.ndar
         for i in order[:count]
     ]
     return mistakes, len(wrong)
+
+
+def _trained_uneven(run_dir: Path | None) -> bool:
+    """Whether a run trained on uneven classes or weighed them (its data.json says)."""
+    if run_dir is None or not (run_dir / rundir.DATA).exists():
+        return False
+    record = rundir.read_json(run_dir / rundir.DATA)
+    return record.get("class_weight") is not None or is_uneven(record.get("class_counts", {}).get("train", []))
 
 
 def _loss(loaded: LoadedModel, loss: Loss, x: np.ndarray, probs: np.ndarray, labels: np.ndarray,

@@ -151,7 +151,8 @@ def export_model(target: str | Path, format: str, output: str | Path | None = No
             _put_in_place(written, output, Path(tmp))
     except OSError as exc:
         raise CnnlabError(f"{label}: cannot be written ({exc.strerror or exc}).") from None
-    if target.is_dir():  # the run's report lists its exports with the differences measured here
+    # listed in the run's report; an export written elsewhere (-o) leaves the run directory as it was
+    if target.is_dir() and output.resolve().is_relative_to(target.resolve()):
         update_json(target / EXPORTS_RECORD, **{format: {"path": str(output), "max_abs_diff": diff,
                                                          "samples": len(sample)}})
     return Exported(path=output, format=format, max_abs_diff=diff, samples=len(sample),

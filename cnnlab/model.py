@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.backbone import BackbonePlan, backbone_layer, build_backbone, check_backbone, connect, default_image_size
+from cnnlab.backbone import describe as describe_backbone
 from cnnlab.config import CROSSENTROPY_LOSSES, Config, CosineSchedule, did_you_mean, output_units
 from cnnlab.data import DatasetInfo, describe
+from cnnlab.data.spec import OWN_DATA
 from cnnlab.errors import CnnlabError
 
 
@@ -38,6 +41,7 @@ class ModelPlan:
     input_shape: tuple[int, ...]
     layers: list[LayerPlan]
     data: DatasetInfo  # the data set the model is for
+    backbone: BackbonePlan | None = None  # model.backbone, checked: the head (layers) starts at its output
 
     @property
     def params(self) -> int:
@@ -56,6 +60,8 @@ def input_shape_for(cfg: Config, info: DatasetInfo) -> tuple[int, ...]:
     classic `reshape(60000, 784)` scripts. An `input` layer overrides both.
     """
     first = cfg.model.layers[0]
+    if cfg.model.backbone is not None:  # the backbone takes the pictures as they are
+        return info.sample_shape
     if first.type == "input":
         return tuple(first.shape)
     if info.is_image and first.type == "dense":
@@ -69,7 +75,7 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
     A user's folder or CSV data set is listed here (not decoded): its classes and image
     size decide the model's input and output.
     """
-    info = describe(cfg.data, source)
+    info = describe(data_settings(cfg), source)
     shape = input_shape_for(cfg, info)
     sample_size = int(np.prod(info.sample_shape))
     if int(np.prod(shape)) != sample_size:
@@ -77,7 +83,9 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
             f"{source}: model.layers[0].shape: {list(shape)} holds {int(np.prod(shape))} values, "
             f"but a {cfg.data.dataset} sample has {sample_size} ({'x'.join(map(str, info.sample_shape))})."
         )
-    plan = ModelPlan(shape, [], info)
+    plan = ModelPlan(shape, [], info, _check_backbone(cfg, source, info))
+    if plan.backbone is not None:
+        shape = plan.backbone.output_shape
     for index, layer in enumerate(cfg.model.layers):
         if layer.type == "input":
             if index != 0:
@@ -96,6 +104,54 @@ def check_model(cfg: Config, source: str) -> ModelPlan:
     _check_sample_counts(cfg, source, info)
     _check_augment(cfg, source, info)
     _check_memory(cfg, plan, source)
+    return plan
+
+
+def data_settings(cfg: Config):
+    """The config's data section, with a backbone's own input size where the user's pictures have none set."""
+    backbone = cfg.model.backbone
+    if backbone is None or cfg.data.image_size is not None or cfg.data.dataset not in OWN_DATA:
+        return cfg.data
+    return cfg.data.model_copy(update={"image_size": default_image_size(backbone.name)})
+
+
+def _check_backbone(cfg: Config, source: str, info: DatasetInfo) -> BackbonePlan | None:
+    """model.backbone against the data, and train.fine_tune against the backbone."""
+    backbone, fine_tune = cfg.model.backbone, cfg.train.fine_tune
+    if backbone is None:
+        if fine_tune is not None:
+            raise CnnlabError(
+                f"{source}: train.fine_tune: fine-tuning unfreezes a pretrained model.backbone, and this model has "
+                "none; add model.backbone (e.g. {name: mobilenet, alpha: 0.25}) or remove train.fine_tune."
+            )
+        return None
+    if not info.is_image:
+        raise CnnlabError(f"{source}: model.backbone: {info.name} is not an image data set; a backbone takes pictures.")
+    if cfg.model.layers[0].type == "input":
+        raise CnnlabError(
+            f"{source}: model.layers[0]: with a model.backbone the input is the picture (data.image_size); "
+            "remove the input layer."
+        )
+    if cfg.train.loop == "gradient_tape":
+        raise CnnlabError(
+            f"{source}: train.loop: gradient_tape trains a plain layer list; a model.backbone trains with "
+            "train.loop: fit."
+        )
+    spec = info.spec
+    plan = check_backbone(backbone, (spec.height, spec.width), source,
+                          what=info.name if cfg.data.image_size is None else "")
+    if fine_tune is not None:
+        layers = plan.layers
+        if backbone.trainable:
+            raise CnnlabError(
+                f"{source}: train.fine_tune: model.backbone.trainable is true, so the backbone trains from the "
+                "first epoch; fine-tuning is the second phase of a frozen one (trainable: false)."
+            )
+        if fine_tune.unfreeze != "all" and fine_tune.unfreeze > layers:
+            raise CnnlabError(
+                f"{source}: train.fine_tune.unfreeze: {fine_tune.unfreeze} is more than the {layers} layers of "
+                f"{describe_backbone(plan)}; use at most {layers}, or all."
+            )
     return plan
 
 
@@ -418,25 +474,87 @@ def _check_tape_loop(cfg: Config, source: str) -> None:
         raise CnnlabError(f"{where} computes loss and accuracy only; remove {', '.join(extra)} from train.metrics.")
 
 
-def build_model(cfg: Config, input_shape: tuple[int, ...]):
-    """The Keras Sequential model for `cfg`, built on `input_shape` (not compiled)."""
+def build_model(cfg: Config, input_shape: tuple[int, ...], where: str = "the config"):
+    """The Keras model for `cfg`, built on `input_shape` (not compiled): a Sequential, or a backbone and its head."""
+    return build_network(cfg, input_shape, where).model
+
+
+@dataclass
+class Network:
+    """A built model and, for a backbone model, its parts.
+
+    Args:
+        model: the whole model, picture in, class out: what is trained, saved and exported.
+        backbone: the backbone's Keras parts (`cnnlab.backbone.BackboneParts`), or None.
+        features: the picture-to-features part of `model` (preprocessing and backbone).
+        head: model.layers on the features alone, sharing `model`'s layers (and weights).
+    """
+
+    model: object
+    backbone: object = None
+    features: object = None
+    head: object = None
+
+
+def build_network(cfg: Config, input_shape: tuple[int, ...], where: str = "the config") -> Network:
+    """The Keras model for `cfg` and, with a backbone, its parts (weights loaded; not compiled)."""
     import keras
 
-    layers = [keras.Input(shape=input_shape)]
     own = [layer for layer in cfg.model.layers if layer.type != "input"]
-    for i, layer in enumerate(own):
-        # train.precision: Keras' dtype policy, given to each layer (Keras' global policy would
-        # leak into every later model of the process); the output layer computes in float32, as
-        # Keras' mixed-precision guide says: a 16-bit softmax loses the small probabilities.
-        layers.append(layer.build(keras, "float32" if i == len(own) - 1 else cfg.train.precision))
-    return keras.Sequential(layers, name=cfg.name.replace("+", "_"))
+    # train.precision: Keras' dtype policy, given to each layer (Keras' global policy would
+    # leak into every later model of the process); the output layer computes in float32, as
+    # Keras' mixed-precision guide says: a 16-bit softmax loses the small probabilities.
+    layers = [layer.build(keras, "float32" if i == len(own) - 1 else cfg.train.precision)
+              for i, layer in enumerate(own)]
+    name = cfg.name.replace("+", "_")
+    if cfg.model.backbone is None:
+        return Network(keras.Sequential([keras.Input(shape=input_shape), *layers], name=name))
+    plan = check_backbone(cfg.model.backbone, tuple(input_shape[:2]), where)
+    parts = build_backbone(keras, plan, tuple(input_shape), cfg.data.scale, where)
+    parts.network.trainable = cfg.model.backbone.trainable
+    inputs, out = connect(keras, parts, tuple(input_shape))
+    for layer in layers:
+        out = layer(out)
+    network = split_network(keras, keras.Model(inputs, out, name=name))
+    network.backbone = parts
+    return network
+
+
+def split_network(keras, model) -> Network:
+    """A whole backbone model (built here or loaded from a run) with its features and head parts.
+
+    Both parts call the whole model's own layer objects again, so they share its weights:
+    training the head trains the whole model's head.
+    """
+    backbone = backbone_layer(keras, model)
+    at = model.layers.index(backbone)
+    picture = keras.Input(shape=tuple(model.input_shape[1:]), name="picture")
+    features = picture
+    for layer in model.layers[1:at]:  # after the input: the preprocessing
+        features = layer(features)
+    features = backbone(features, training=False)
+    head_input = keras.Input(shape=tuple(features.shape[1:]), name="features")
+    out = head_input
+    for layer in model.layers[at + 1:]:
+        out = layer(out)
+    return Network(model, None, keras.Model(picture, features, name=f"{model.name}_features"),
+                   keras.Model(head_input, out, name=f"{model.name}_head"))
 
 
 def summary_text(model) -> str:
     """Keras' own layer table, as text."""
+    import keras
+
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line), line_length=78)  # rich crops at 80
-    return "".join(lines)
+    text = "".join(lines)
+    if any(isinstance(layer, keras.Model) for layer in model.layers):
+        network = backbone_layer(keras, model)
+        trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
+        total = network.count_params()
+        text += (f" Backbone {network.name}: {total:,} params, {trainable:,} trainable, {total - trainable:,} frozen;"
+                 " the layers after it are the head.\n")
+    return text
 
 
 def class_predictions(probs: np.ndarray, logits: bool = False) -> np.ndarray:

@@ -61,15 +61,16 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def interrupted(cfg: Config, run_dir: Path, rows: list[dict], echo: Echo,
+def interrupted(cfg: Config, run_dir: Path, rows: list[dict], echo: Echo, phase_change: int | None = None,
                 marked: Callable[[], None] = lambda: None) -> None:
     """Ctrl-C or SIGTERM: keep what finished and say what is true about it.
 
+    `phase_change`: the epoch a backbone's fine-tuning starts after, marked on the curves.
     `marked` runs once run.json says interrupted, before the lines for the user (train's report.html).
     """
     if rows:
         try:
-            plot_history(rows, run_dir, cfg.name)
+            plot_history(rows, run_dir, cfg.name, phase_change=phase_change)
         except rundir.DiskFull:
             pass  # the curves are a convenience; the run's own files matter more
     mark(run_dir, status="interrupted", stopped=now(), epochs_completed=len(rows))

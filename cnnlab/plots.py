@@ -62,16 +62,17 @@ def best_row(rows: list[dict], monitor: str, mode: str) -> dict | None:
 
 
 def plot_history(rows: list[dict], out_dir: Path, title: str, monitor: str | None = None,
-                 mode: str = "max") -> list[Path]:
+                 mode: str = "max", phase_change: int | None = None) -> list[Path]:
     """One PNG per metric (`loss.png`, `accuracy.png`): train vs validation per epoch; and
     `learning_rate.png` when the learning rate changed between epochs.
 
     With `monitor` (the checkpoint's, e.g. val_accuracy) and its `mode` ('max' or 'min'),
     the best epoch, the one best.keras holds, is a vertical line on every plot and a star
-    on the monitored curve.
+    on the monitored curve. `phase_change` (the last frozen epoch of a backbone run that
+    fine-tunes after it) is a grey line where fine-tuning starts.
     """
     # with a title that fits the canvas (a tune trial's always does) each figure is drawn once, not twice
-    written = [_save(history_figure(rows, name, title, monitor, mode), out_dir / f"{name}.png",
+    written = [_save(history_figure(rows, name, title, monitor, mode, phase_change), out_dir / f"{name}.png",
                      crop=len(f"{title}: {name}") > SHORT_TITLE) for name in history_metrics(rows)]
     epochs = [row["epoch"] for row in rows]
     rates = [row.get("learning_rate") for row in rows]
@@ -82,13 +83,15 @@ def plot_history(rows: list[dict], out_dir: Path, title: str, monitor: str | Non
         ax.set_ylabel("learning rate at the end of the epoch")
         ax.set_title(f"{title}: learning rate")
         ax.grid(alpha=0.3)
+        _mark_phase(ax, phase_change, epochs)
         if len(epochs) < 25:
             ax.set_xticks(epochs)
         written.append(_save(fig, out_dir / "learning_rate.png"))
     return written
 
 
-def history_figure(rows: list[dict], name: str, title: str, monitor: str | None = None, mode: str = "max"):
+def history_figure(rows: list[dict], name: str, title: str, monitor: str | None = None, mode: str = "max",
+                   phase_change: int | None = None):
     """The figure of `plot_history` for one metric `name` (loss, accuracy)."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in rows]
@@ -106,10 +109,16 @@ def history_figure(rows: list[dict], name: str, title: str, monitor: str | None 
     ax.set_ylabel(name)
     ax.set_title(f"{title}: {name}")
     ax.grid(alpha=0.3)
+    _mark_phase(ax, phase_change, epochs)
     ax.legend()
     if len(epochs) < 25:
         ax.set_xticks(epochs)
     return fig
+
+
+def _mark_phase(ax, phase_change: int | None, epochs: list[int]) -> None:
+    if phase_change is not None and epochs and epochs[-1] > phase_change:
+        ax.axvline(phase_change + 0.5, color="tab:gray", ls="-", lw=1.2, label=f"fine-tuning from epoch {phase_change + 1}")
 
 
 def plot_iterations(iterations: list[tuple[int, int, float]], epochs: list[dict], path: Path,

@@ -8,7 +8,9 @@
                          the tf.distribute strategy, replicas, workers, global batch (docs/SCALING.md)
       data.json          the data: classes (names), image size and colour, scale, sample counts
                          (also per class and split: class_counts),
-                         how predict prepares a picture, the test images of a user's data set
+                         how predict prepares a picture, the test images of a user's data set,
+                         `warnings` (uneven classes, the same image in two classes or in train and
+                         test), `class_weight` (the weights train.class_weight resolved to, by class)
       summary.txt        Keras' layer table with output shapes and parameter counts
       best.keras         the best checkpoint (by train.checkpoint.monitor)
       history.csv/.json  one row per epoch: loss, metrics, val_*, learning rate, seconds
@@ -168,8 +170,47 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
+class Damaged(CnnlabError, ValueError):
+    """A file of a run directory that is not what cnnlab wrote: truncated, emptied, not JSON, wrong types.
+
+    Also a ValueError, as json's own error is, for readers that treat a bad file as absent.
+    """
+
+    def __init__(self, path: Path, what: str):
+        self.path = path
+        super().__init__(f"{path}: is damaged ({what}), not the file cnnlab wrote; restore it from a copy "
+                         "of the run, or train the config again.")
+
+
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A run file's JSON object; `Damaged` when it is anything else (a missing file stays FileNotFoundError)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError:
+        raise Damaged(path, "not text") from None
+    except OSError as exc:
+        raise Damaged(path, f"cannot be read: {exc.strerror}") from None
+    if not text.strip():
+        raise Damaged(path, "empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Damaged(path, f"not valid JSON: {exc.msg.lower()}, line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise Damaged(path, f"a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def read_history(path: Path) -> list[dict]:
+    """The epochs of a history.json (none when there is no file); `Damaged` when they are not a list of rows."""
+    if not path.exists():
+        return []
+    epochs = read_json(path).get("epochs")
+    if not isinstance(epochs, list) or not all(isinstance(row, dict) for row in epochs):
+        raise Damaged(path, f"epochs is {json.dumps(epochs)[:60]}, not a list of rows")
+    return epochs
 
 
 def update_json(path: Path, **changes) -> dict:

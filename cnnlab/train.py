@@ -44,28 +44,18 @@ from cnnlab.backend import StopRequest, environment, init_backend, step
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_run_config, validate_config
 from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
+from cnnlab.data.audit import training_findings
+from cnnlab.data.balance import class_weights, is_uneven
+from cnnlab.data.balance import named as named_weights
 from cnnlab.data.cache import Progress
 from cnnlab.data.pipeline import augmentation, epoch_batches, ordered_batches
 from cnnlab.errors import CnnlabError
 from cnnlab.init_from import StartingWeights, starting_weights
 from cnnlab.litert import TFLITE
-from cnnlab.model import (
-    ModelPlan,
-    build_model,
-    check_model,
-    class_predictions,
-    summary_text,
-)
-from cnnlab.outcome import (
-    Diverged,
-    disk_full,
-    divergence_message,
-    error_line,
-    interrupted,
-    mark,
-    now,
-)
+from cnnlab.model import ModelPlan, build_network, check_model, class_predictions, summary_text
+from cnnlab.outcome import Diverged, disk_full, divergence_message, error_line, interrupted, mark, now
 from cnnlab.plots import plot_history
+from cnnlab.transfer import fine_tuning, fit_with_backbone, phase_change, total_epochs
 
 Echo = Callable[[str], None]
 
@@ -118,8 +108,9 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     hooks = hooks or Hooks()
     plan = check_model(cfg, str(source))
     distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
-    # a missing GPU or data file fails here, before a run folder exists
+    # a missing GPU or data file, or a class weight for no class, fails here, before a run folder exists
     data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet, hooks.data)
+    class_weights(cfg.train.class_weight, data.labels[data.train], plan.data.class_names, str(source))
     dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
     if dist is not None and not dist.chief:  # only the chief writes the run directory
         runs_dir, quiet = dist.private_dir(), True
@@ -128,7 +119,7 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     rundir.write_json(run_dir / rundir.RUN, {
         "name": cfg.name, "status": "running", "config_source": str(source),
-        "started": now(), "epochs_planned": cfg.train.epochs, "epochs_completed": 0,
+        "started": now(), "epochs_planned": total_epochs(cfg), "epochs_completed": 0,
         **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
     })
     _info(echo, quiet)(f"run directory: {run_dir}")
@@ -162,7 +153,7 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
             "to start from its weights."
         )
     history_path = run.path / rundir.HISTORY_JSON
-    history = rundir.read_json(history_path)["epochs"] if history_path.exists() else []
+    history = rundir.read_history(history_path)
     if status == "running" and rundir.process_alive(info):
         raise CnnlabError(f"{run.path}: process {info['pid']} is still training this run; stop it first "
                           "(Ctrl-C keeps every finished epoch), then resume.")
@@ -296,7 +287,8 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     try:
         return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks or Hooks())
     except KeyboardInterrupt:
-        interrupted(cfg, run_dir, rows, echo, marked=lambda: _report(run_dir, None, echo))
+        interrupted(cfg, run_dir, rows, echo, phase_change=phase_change(cfg),
+                    marked=lambda: _report(run_dir, None, echo))
         return TrainResult(run_dir, "interrupted", {})
     except Diverged:
         raise
@@ -318,14 +310,22 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     keras, device_name = backend
     say = _info(echo, quiet)
     history = list(rows)
-    rundir.write_json(run_dir / rundir.ENVIRONMENT, {
-        **environment(keras, device_name), "precision": cfg.train.precision,
-        "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)})
+    env = {**environment(keras, device_name), "precision": cfg.train.precision,
+           "distribute": dist.record() if dist is not None else distribute.no_distribute_record(cfg)}
+    if history and (run_dir / rundir.ENVIRONMENT).exists():  # the weights file the run started from
+        env.update({k: v for k, v in rundir.read_json(run_dir / rundir.ENVIRONMENT).items() if k == "backbone"})
+    rundir.write_json(run_dir / rundir.ENVIRONMENT, env)
     keras.utils.set_random_seed(cfg.seed + len(history))  # weights come from the state file when resuming
     splits = prepare(cfg, plan.input_shape, cfg.one_hot_labels(), data)
-    record = data_record(data, splits, cfg.data)
+    warnings = [finding.message for finding in training_findings(data)]  # uneven classes, label conflicts, leaks
+    weights = class_weights(cfg.train.class_weight, data.labels[splits.x_train.rows], plan.data.class_names,
+                            str(run_dir / rundir.CONFIG))
+    record = {**data_record(data, splits, cfg.data), "warnings": warnings,
+              "class_weight": named_weights(weights, plan.data.class_names)}
     rundir.write_json(run_dir / rundir.DATA, record)
     say(describe_data(record))
+    for warning in warnings:
+        echo(f"warning: {warning}")
     batch_size = dist.global_batch if dist is not None else cfg.train.batch_size
     steps_per_epoch = -(-len(splits.x_train) // batch_size)
     mirrored = distribute.scope_of(dist)  # models and optimizers made in it have a copy on every replica
@@ -333,6 +333,8 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         with mirrored:
             model = keras.saving.load_model(run_dir / rundir.RESUME_STATE, compile=True)
         done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps_per_epoch
+        if cfg.model.backbone is not None and fine_tuning(keras, model):  # fine-tuning's optimizer starts at 0
+            done += cfg.train.epochs
         if done < len(history):  # killed between the history write and the state's rename
             say(f"the saved state is from epoch {done}: epoch {done + 1} is trained again")
             history = history[:done]
@@ -340,7 +342,11 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
             keras.utils.set_random_seed(cfg.seed + done)
     else:
         with mirrored:
-            model = build_model(cfg, plan.input_shape)
+            network = build_network(cfg, plan.input_shape, str(run_dir / rundir.CONFIG))
+            model = network.model
+            if network.backbone is not None:
+                env["backbone"] = network.backbone.weights
+                rundir.write_json(run_dir / rundir.ENVIRONMENT, env)
             if start is not None:
                 start.apply(model)
                 say(f"starting from the weights of {start.path}")
@@ -349,22 +355,16 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     rundir.write_text(run_dir / rundir.SUMMARY, summary)
     say(summary)
 
-    from cnnlab.callbacks import (  # Keras is imported now
-        DivergenceGuard,
-        ResumableEarlyStopping,
-        RunRecorder,
-    )
+    from cnnlab.callbacks import DivergenceGuard, RunRecorder  # Keras is imported now
 
     stop = hooks.stop or StopRequest()
     guard = DivergenceGuard()
-    ck, es = cfg.train.checkpoint, cfg.train.early_stopping
+    ck = cfg.train.checkpoint
     recorder = RunRecorder(run_dir, rows, stop, ck.monitor, monitor_mode(ck.monitor, ck.mode), ck.filename,
                            ck.save_best_only, say, guard)
     callbacks = [recorder, guard]
-    if es is not None:
-        callbacks.append(ResumableEarlyStopping(
-            history, monitor=es.monitor, mode=monitor_mode(es.monitor, es.mode), patience=es.patience,
-            min_delta=es.min_delta, restore_best_weights=es.restore_best_weights))
+    if cfg.train.early_stopping is not None:
+        callbacks.append(_early_stopping(cfg, history))
     callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
@@ -381,9 +381,14 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         elif dist is not None and dist.kind == "multi_worker":  # Keras' fit fails there: cnnlab's own step
             distribute.fit_distributed(keras, model, cfg, splits, callbacks, len(history), dist, augment,
                                        _verbose(cfg), run_dir)
+        elif cfg.model.backbone is not None:  # the frozen phase (on features computed once), then fine-tuning
+            fit_with_backbone(keras, model, cfg, splits, validation, callbacks, len(history), augment, batch_size,
+                              recorder, (lambda: _early_stopping(cfg, rows, fresh_patience=True))
+                              if cfg.train.early_stopping is not None else None, say, _verbose(cfg), steps_per_epoch,
+                              class_weight=weights)
         else:
             _run_fit(keras, model, cfg, splits, validation, callbacks, first_epoch=len(history), augment=augment,
-                     batch_size=batch_size)
+                     batch_size=batch_size, class_weight=weights)
         stop.check()  # a Ctrl-C after the last batch still counts
     seconds = time.perf_counter() - started
     if dist is not None and not dist.chief:  # the chief scores, plots and exports; this copy is deleted
@@ -395,14 +400,16 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         diverged["batches"] = steps_per_epoch
     if diverged is not None and not (run_dir / rundir.BEST).exists():
         if rows:
-            plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+            plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode),
+                         phase_change=phase_change(cfg))
         mark(run_dir, status="diverged", stopped=now(), epochs_completed=len(rows), diverged_at=diverged)
         raise Diverged(divergence_message(cfg, run_dir, diverged, rows), run_dir, diverged["epoch"], diverged["batch"])
 
     # The result line comes first, the curves and the TFLite copy (~1 s together) after it.
     # the model that trained is scored with the best weights (its evaluate step is traced by the
     # validation); multi_worker's model, outside Keras' fit, is scored as a fresh copy from disk
-    scored = None if dist is not None and dist.kind == "multi_worker" else model
+    # (and a fine-tuned backbone model, whose optimizer is not the one a frozen-phase best.keras holds)
+    scored = None if (dist is not None and dist.kind == "multi_worker") or cfg.train.fine_tune else model
     with step(f"scoring the best checkpoint on {_count(splits.x_test)} test samples", quiet):
         metrics, probs = score_best(keras, run_dir, splits, cfg, plan.data.class_names, scored,
                                     eager=not hooks.export_tflite)
@@ -412,10 +419,14 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
         f"(best epoch {metrics['best_epoch']}, {run_dir / rundir.BEST})"
     )
     per_class = metrics["test_accuracy_per_class"]
+    if weights is not None or is_uneven(record["class_counts"]["train"]) or is_uneven(record["class_counts"]["test"]):
+        echo(f"balanced accuracy {metrics['test_balanced_accuracy']:.4f} (the mean of the per-class accuracies: "
+             "the classes are uneven" + (", weighted in training)" if weights is not None else ")"))
     if len(per_class) <= 20:
         say("per class: " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items()))
     if rows:
-        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode))
+        plot_history(rows, run_dir, cfg.name, monitor=ck.monitor, mode=monitor_mode(ck.monitor, ck.mode),
+                         phase_change=phase_change(cfg))
     # The trained model and its optimizer state (3x the weights) are done with: freed now, their
     # memory is reused by the converter instead of adding to the run's peak.
     del model, scored, recorder, guard, callbacks
@@ -474,14 +485,24 @@ def _written(cfg: Config, run_dir: Path, say: Echo) -> None:
 
 
 def _run_fit(keras, model, cfg: Config, splits: Splits, validation, callbacks, first_epoch: int,
-             augment=None, batch_size: int | None = None) -> None:
+             augment=None, batch_size: int | None = None, class_weight: dict[int, float] | None = None) -> None:
     common = dict(validation_data=validation, epochs=cfg.train.epochs, initial_epoch=first_epoch,
-                  callbacks=callbacks, verbose=_verbose(cfg))
+                  callbacks=callbacks, verbose=_verbose(cfg), class_weight=class_weight)
     batches, steps = epoch_batches(
         splits.x_train, splits.y_train, batch_size or cfg.train.batch_size, cfg.seed, first_epoch, cfg.train.epochs,
         augment
     )
     model.fit(batches, steps_per_epoch=steps, shuffle=False, **common)
+
+
+def _early_stopping(cfg: Config, history: list[dict], fresh_patience: bool = False):
+    """train.early_stopping's callback, starting from the best value in `history` and its patience (or afresh)."""
+    from cnnlab.callbacks import ResumableEarlyStopping
+
+    es = cfg.train.early_stopping
+    return ResumableEarlyStopping(history, fresh_patience=fresh_patience, monitor=es.monitor,
+                                  mode=monitor_mode(es.monitor, es.mode), patience=es.patience,
+                                  min_delta=es.min_delta, restore_best_weights=es.restore_best_weights)
 
 
 def _verbose(cfg: Config) -> int:
@@ -523,6 +544,7 @@ def score_best(keras, run_dir: Path, splits: Splits, cfg: Config, class_names: t
     per_class = {name: float(np.mean(right[splits.labels_test == i])) for i, name in enumerate(class_names)
                  if np.any(splits.labels_test == i)}
     return {"test_loss": float(loss), "test_accuracy": float(np.mean(right)),
+            "test_balanced_accuracy": float(np.mean(list(per_class.values()))),  # the mean recall of the classes
             "test_samples": len(splits.x_test), "test_accuracy_per_class": per_class}, probs
 
 

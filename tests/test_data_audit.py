@@ -188,6 +188,39 @@ def test_figures_and_json(tmp_path, runner):
 
 
 @needs_data
+def test_near_copies_are_not_guessed_where_every_image_hashes_alike(tmp_path):
+    """Small digits: every 1 hashes like every other 1, so the report says near-copies were not checked."""
+    from test_own_data import write_digit_folder
+
+    result = audit_data(write_digit_folder(tmp_path / "digits", per_class=12))
+    assert result.findings == [] and result.near_bits is None and "hash alike" in result.near_skipped
+    assert "near-duplicates: not checked" in result.report()
+
+
+def test_train_warns_about_leakage_and_uneven_classes_and_records_them(tmp_path, runner, write_config):
+    folder = clean_folder(tmp_path / "photos")
+    _uneven(folder)
+    _copy(folder, "train/bee/01.png", "test/bee/copy.png")
+    config = write_config({"name": "w", "data": {"dataset": "folder", "path": str(folder)},
+                           "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 3,
+                                                                      "activation": "softmax"}]},
+                           "train": {"epochs": 1}})
+    cli = runner.invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert cli.exit_code == 0, cli.output
+    warnings = [line for line in cli.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and "uneven classes: 'ant' has 40" in warnings[0]
+    assert "train/bee/01.png, test/bee/copy.png" in warnings[1] and "training and the test part" in warnings[1]
+    (run,) = (tmp_path / "runs").iterdir()
+    record = json.loads((run / "data.json").read_text())
+    assert record["warnings"] == [line.removeprefix("warning: ") for line in warnings]
+    assert record["class_counts"]["test"] == [3, 4, 3]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"balanced accuracy {metrics['test_balanced_accuracy']:.4f}" in cli.stdout  # the classes are uneven
+    scored = runner.invoke(app, ["evaluate", str(run)])
+    assert scored.exit_code == 0 and f"balanced  {metrics['test_balanced_accuracy']:.4f}" in scored.stdout
+
+
+@needs_data
 def test_a_built_in_set_is_checked_for_counts_and_exact_copies(tmp_path, write_config):
     config = write_config({"name": "m", "data": {"dataset": "mnist", "train_samples": 2000, "test_samples": 500},
                            "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]}})

@@ -18,13 +18,13 @@ import keras
 import pytest
 import yaml
 from PIL import Image
-from test_checkpoint import save_model, zip_bomb
-from test_own_data import shapes_config, write_shapes_folder
-from test_preprocess import _png_header, draw_digit
 
 from cnnlab.cli import app, main
 
-from conftest import DATA_DIR, REPO, needs_data, small_dnn
+from conftest import DATA_DIR, REPO, free_port, needs_data, small_dnn
+from test_checkpoint import save_model, zip_bomb
+from test_own_data import shapes_config, write_shapes_folder
+from test_preprocess import _png_header, draw_digit
 
 
 def _layers(data):
@@ -506,8 +506,18 @@ def test_results_folder_not_writable(runner, tmp_path):
     (["evaluate", "m.keras", "--dataset", "cifar"],
      ["Invalid value for '--dataset': 'cifar' is not one of 'mnist', 'fashion_mnist'."]),
     (["predict"], ["Missing argument", "cnnlab predict --help"]),
-], ids=["command typo", "unknown option", "option out of range", "unknown choice", "missing argument"])
+    # numbers that are not: inf and nan parse as floats, but no scale or size means them
+    (["predict", "m.keras", "x.png", "--scale", "inf"], ["--scale", "inf is not a finite number"]),
+    (["predict", "m.keras", "x.png", "--scale", "-inf"], ["--scale", "-inf is not a finite number"]),
+    (["evaluate", "m.keras", "--scale", "nan"], ["--scale", "nan is not a finite number"]),
+    (["serve", "runs/x", "--max-upload-mb", "inf"], ["--max-upload-mb", "inf is not a finite number"]),
+    (["serve", "runs/x", "--max-upload-mb", "nan"], ["--max-upload-mb", "greater than or equal to 0.001"]),
+    (["tune", "configs/tune_cnn.yaml", "--timeout", "inf"], ["a duration is a positive number", "'inf'"]),
+], ids=["command typo", "unknown option", "option out of range", "unknown choice", "missing argument",
+        "predict --scale inf", "predict --scale -inf", "evaluate --scale nan", "serve --max-upload-mb inf",
+        "serve --max-upload-mb nan", "tune --timeout inf"])
 def test_command_line_mistakes_are_one_line_too(monkeypatch, capsys, args, words):
+    monkeypatch.chdir(REPO)  # configs/tune_cnn.yaml
     monkeypatch.setattr(sys, "argv", ["cnnlab", *args])
     with pytest.raises(SystemExit) as stopped:
         main()
@@ -529,3 +539,250 @@ def _assert_user_error(runner, args, words) -> str:
         assert word in line, f"{word!r} not in {line!r}"
     assert "Traceback" not in result.output
     return line
+
+
+def _backbone_case(tmp: Path, change) -> dict:
+    from test_backbone import backbone_config, write_photo_folder
+
+    data = backbone_config(write_photo_folder(tmp / "photos", train=4, test=2))
+    change(data, tmp)
+    return data
+
+
+def _backbone(data, **settings):
+    data["model"]["backbone"].update(settings)
+
+
+def _saved_model(tmp: Path) -> str:
+    save_model(tmp / "whole.keras", input_shape=(4,), outputs=2)
+    return str(tmp / "whole.keras")
+
+
+# (id, change(config, tmp), words); the config is test_backbone's tiny MobileNet on a photo folder.
+# A weights file's layers are compared with the network once TensorFlow has built it: those two
+# cases fail in the run they started (marked failed); the others before any run starts.
+BUILT = ("weights of another alpha", "weights of another architecture")
+BACKBONE_CASES = [
+    ("unknown backbone", lambda d, t: _backbone(d, name="mobilenetv2"),
+     ["model.backbone.name", "'mobilenetv2' is not a backbone", "did you mean 'mobilenet_v2'"]),
+    ("weights of another alpha", lambda d, t: _backbone(d, alpha=0.5),
+     ["model.backbone.weights", "layer conv1 does not fit mobilenet alpha 0.5", "3x3x3x8", "another architecture or alpha"]),
+    ("weights of another architecture", lambda d, t: _backbone(d, name="mobilenet_v2", alpha=0.35),
+     ["model.backbone.weights", "does not fit mobilenet_v2 alpha 0.35"]),
+    ("a whole saved model as weights", lambda d, t: _backbone(d, weights=_saved_model(t)),
+     ["model.backbone.weights", "whole.keras is a whole saved Keras model", "not a weights file"]),
+    ("a text file as weights", lambda d, t: _backbone(d, weights=str(_write(t / "weights.h5", "not weights"))),
+     ["model.backbone.weights", "weights.h5 is not an HDF5 weights file"]),
+    ("an image size the ImageNet weights do not have", lambda d, t: (_backbone(d, weights="imagenet"),
+                                                                     d["data"].update(image_size=[100, 100])),
+     ["data.image_size", "ImageNet weights are for square pictures of 128, 160, 192, 224", "not 100x100"]),
+    ("an image size below the minimum", lambda d, t: d["data"].update(image_size=[24, 24]),
+     ["data.image_size 24x24 is, below mobilenet's minimum of 32x32", "[32, 32]"]),
+    ("fine-tuning more layers than the backbone has", lambda d, t: d["train"].update(
+        fine_tune={"unfreeze": 500, "epochs": 1}), ["train.fine_tune.unfreeze: 500", "the 87 layers of mobilenet alpha 0.25"]),
+    ("fine-tuning a backbone that trains from the start", lambda d, t: (_backbone(d, trainable=True), d["train"].update(
+        fine_tune={"epochs": 1})), ["train.fine_tune", "trainable is true"]),
+]
+
+
+@pytest.mark.parametrize("case, change, words", BACKBONE_CASES, ids=[case[0] for case in BACKBONE_CASES])
+def test_backbone_mistakes(runner, tmp_path, case, change, words):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_backbone_case(tmp_path, change)))
+    _assert_user_error(runner, ["train", str(config), "--runs-dir", str(tmp_path / "runs")], words)
+    assert (tmp_path / "runs").exists() == (case in BUILT)  # the others are refused before a run starts
+
+
+def test_imagenet_weights_offline_name_the_file_keras_wanted(runner, tmp_path, monkeypatch):
+    import keras.src.backend.config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras-home"))  # an empty Keras cache
+    data = _backbone_case(tmp_path, lambda d, t: (_backbone(d, weights="imagenet"), d["data"].update(image_size=[128, 128])))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    _assert_user_error(runner, ["train", str(config), "--runs-dir", str(tmp_path / "runs")], [
+        "model.backbone.weights: imagenet", "could not download mobilenet_2_5_128_tf_no_top.h5",
+        str(tmp_path / "keras-home" / "models"), "set model.backbone.weights to the path of a local copy"])
+
+
+def test_fine_tuning_without_a_backbone(runner, write_config):
+    data = small_dnn()
+    data["train"]["fine_tune"] = {"epochs": 2}
+    _assert_user_error(runner, ["train", str(write_config(data))], ["train.fine_tune", "has none", "model.backbone"])
+
+
+@needs_data
+def test_a_backbone_on_28x28_digits_is_refused_below_its_minimum(runner, write_config):
+    data = small_dnn()
+    data["model"] = {"backbone": {"name": "mobilenet", "alpha": 0.25, "weights": None},
+                     "layers": [{"type": "dense", "units": 10, "activation": "softmax"}]}
+    _assert_user_error(runner, ["train", str(write_config(data))], [
+        "data.image_size: mnist images are 28x28, below mobilenet's minimum of 32x32", "data.image_size: [32, 32]",
+        "grey ones become three channels"])
+
+
+# --- damaged files inside a run directory (issue 27) -------------------------------------------
+
+def _edit_record(run: Path, **changes) -> None:
+    import json
+
+    record = json.loads((run / "data.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            del record[key]
+        else:
+            record[key] = value
+    (run / "data.json").write_text(json.dumps(record))
+
+
+def _checkpoint(run: Path, content: bytes | None) -> None:
+    """best.keras damaged; the TFLite copy no longer matches it, so every command reads the checkpoint."""
+    _write(run / "best.keras", content if content is not None else (run / "best.keras").read_bytes()[:3000])
+
+
+# (id, damage done to a copy of a trained run, command, words); the command is one of RUN_COMMANDS
+RUN_CASES = [
+    ("run.json truncated", lambda r: _cut(r / "run.json"), "predict", ["run.json: is damaged (not valid JSON"]),
+    ("run.json empty", lambda r: _write(r / "run.json", ""), "evaluate", ["run.json: is damaged (empty)"]),
+    ("run.json a list", lambda r: _write(r / "run.json", "[1, 2]"), "resume", ["run.json", "a JSON list, not an object"]),
+    ("run.json not text", lambda r: _write(r / "run.json", b"\xff\xfe\x00garbage"), "serve", ["run.json", "not text"]),
+    ("run.json a folder", lambda r: (r / "run.json").unlink() or (r / "run.json").mkdir(), "export",
+     ["run.json", "cannot be read: Is a directory"]),
+    ("data.json garbage", lambda r: _write(r / "data.json", "{classes: [0, 1]"), "predict", ["data.json", "not valid JSON"]),
+    ("data.json classes a number", lambda r: _edit_record(r, classes=5), "evaluate", ["data.json", "classes is 5, not a list"]),
+    ("data.json without dataset", lambda r: _edit_record(r, dataset=None), "export", ["data.json", "no 'dataset'"]),
+    ("data.json shape as text", lambda r: _edit_record(r, sample_shape="28x28"), "serve",
+     ["data.json", "sample_shape is \"28x28\""]),
+    ("data.json test files not names", lambda r: _edit_record(r, test_files=[1, 2]), "evaluate",
+     ["data.json", "test_files is [1, 2], not a list of file names"]),
+    ("data.json empty", lambda r: _write(r / "data.json", ""), "resume", ["data.json: is damaged (empty)"]),
+    ("config.yaml empty", lambda r: _write(r / "config.yaml", ""), "evaluate", ["config.yaml", "the config is empty"]),
+    ("config.yaml binary", lambda r: _write(r / "config.yaml", b"\x89PNG\r\n\x1a\n\x00\xff"), "export",
+     ["config.yaml", "not a text file"]),
+    ("config.yaml wrong type", lambda r: _write(r / "config.yaml", "name: x\nmodel: 5\n"), "predict",
+     ["config.yaml", "model"]),
+    ("config.yaml cut inside a list", lambda r: _write(r / "config.yaml", "name: x\nmodel: {layers: [\n"), "serve",
+     ["config.yaml", "not valid YAML"]),
+    ("best.keras truncated", lambda r: _checkpoint(r, None), "evaluate", ["best.keras", "not a complete .keras file"]),
+    ("best.keras empty", lambda r: _checkpoint(r, b""), "export", ["best.keras"]),
+    ("best.keras text", lambda r: _checkpoint(r, b"my notes"), "predict", ["best.keras", "not a complete .keras file"]),
+    ("model.tflite garbage", lambda r: _write(r / "model.tflite", "not a flatbuffer"), "predict",
+     ["model.tflite: LiteRT cannot load it", "delete it"]),
+    ("model.tflite empty", lambda r: _write(r / "model.tflite", b""), "serve", ["model.tflite: LiteRT cannot load it"]),
+    ("model.tflite truncated", lambda r: _cut(r / "model.tflite"), "predict", ["model.tflite"]),
+    ("history.json damaged", lambda r: _write(r / "history.json", '{"epochs": 3}'), "resume",
+     ["history.json", "epochs"]),
+]
+RUN_COMMANDS = {
+    "predict": lambda run, tmp: ["predict", str(run), str(tmp / "seven.png")],
+    "evaluate": lambda run, tmp: ["evaluate", str(run)],
+    "export": lambda run, tmp: ["export", str(run), "-f", "onnx", "-o", str(tmp / "m.onnx")],
+    "resume": lambda run, tmp: ["train", "--resume", str(run), "--set", "train.epochs=3"],
+    "serve": lambda run, tmp: ["serve", str(run), "--workers", "1", "--port", str(free_port())],
+}
+
+
+@needs_data
+@pytest.mark.parametrize("damage, command, words", [case[1:] for case in RUN_CASES], ids=[case[0] for case in RUN_CASES])
+def test_damaged_run_files(runner, served_run, tmp_path, damage, command, words):
+    run = shutil.copytree(served_run, tmp_path / "run")
+    damage(run)
+    draw_digit().save(tmp_path / "seven.png")
+    args = RUN_COMMANDS[command](run, tmp_path)
+    if command == "serve":  # a real server process: a damage that were not noticed must not leave it running
+        out = subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "CNNLAB_OFFLINE": "1"})
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+        line = out.stderr
+    else:
+        line = _assert_user_error(runner, args, words)
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --- export targets that cannot be written --------------------------------------------------------
+
+def _read_only(t: Path) -> Path:
+    (t / "locked").mkdir(mode=0o555)
+    return t / "locked" / "m.tflite"
+
+
+# (id, makes the -o path in a folder, the format, words); each with --force, which must not help
+EXPORT_TARGET_CASES = [
+    ("read-only folder", _read_only, "tflite", ["locked is read-only"]),
+    ("under a regular file", lambda t: _write(t / "notes.txt", "x") / "m.onnx", "onnx", ["notes.txt is a file, not a folder"]),
+    ("deep under a regular file", lambda t: _write(t / "f", "x") / "a" / "b" / "m.tflite", "tflite", ["f is a file, not a folder"]),
+    ("in /proc", lambda t: Path("/proc/cnnlab-export.onnx"), "onnx", ["/proc is read-only"]),
+    ("in /sys", lambda t: Path("/sys/cnnlab-export/m.tflite"), "tflite", ["/sys is read-only"]),
+    ("a /proc file", lambda t: Path("/proc/self/status"), "tflite", ["is a file that is not a tflite model cnnlab exported"]),
+    ("a folder for a file", lambda t: (t / "out").mkdir() or t / "out", "onnx",
+     ["is a folder; a onnx export is a file", "out/model.onnx"]),
+    ("a file for a SavedModel", lambda t: _write(t / "saved", "mine"), "saved_model", ["is not a folder"]),
+    ("a named pipe", lambda t: os.mkfifo(t / "p.tflite") or t / "p.tflite", "tflite", ["is a named pipe, not a file"]),
+    ("a link to a file", lambda t: os.symlink(_write(t / "mine.onnx", "x"), t / "l.onnx") or t / "l.onnx", "onnx",
+     ["is a symbolic link"]),
+    ("an empty .tflite", lambda t: _write(t / "e.tflite", b""), "tflite", ["not a tflite model cnnlab exported"]),
+]
+
+
+@needs_data
+@pytest.mark.parametrize("make, format, words", [case[1:] for case in EXPORT_TARGET_CASES],
+                         ids=[case[0] for case in EXPORT_TARGET_CASES])
+def test_export_targets_that_cannot_be_written(runner, served_run, tmp_path, make, format, words):
+    target = make(tmp_path)
+    line = _assert_user_error(runner, ["export", str(served_run), "-f", format, "-o", str(target), "--force"], words)
+    assert line.startswith(f"error: -o {target}: ")
+    assert not Path("/proc/cnnlab-export.onnx").exists()
+
+
+# --- control characters in file names: escaped in the one line, never printed raw ---------------------
+
+def _odd_class(t: Path, name: str) -> Path:
+    folder = _shapes(t)
+    (folder / name).mkdir()
+    return folder
+
+
+# (id, the user's command built from a folder, the raw name, how it must read)
+CONTROL_CASES = [
+    ("newline in an image name", lambda t: ["predict", str(save_model(t / "m.keras")), str(t / "two\nlines.png")],
+     "two\\nlines.png"),
+    ("escape sequence in a config name", lambda t: ["train", str(t / "c\x1b[2J.yaml")], "c\\x1b[2J.yaml"),
+    ("right-to-left override in a run name", lambda t: ["evaluate", str(t / "run\u202egpj.exe")], "run\\u202egpj.exe"),
+    ("carriage return in an export path", lambda t: ["export", str(save_model(t / "m.keras")), "-f", "onnx",
+                                                     "-o", str(_read_only(t).parent / "x\r.onnx")], "x\\r.onnx"),
+    ("tab and bell in a class folder", lambda t: ["train", str(_write(t / "c.yaml", yaml.safe_dump(
+        shapes_config(_odd_class(t, "st\ta\x07r"))))), "--runs-dir", str(t / "runs")], "st\\ta\\x07r"),
+]
+
+
+@pytest.mark.parametrize("make, escaped", [case[1:] for case in CONTROL_CASES], ids=[case[0] for case in CONTROL_CASES])
+def test_control_characters_in_names_are_escaped(runner, tmp_path, make, escaped):
+    line = _assert_user_error(runner, make(tmp_path), [escaped])
+    assert line.isprintable()
+
+
+# --- inf and nan where a number is expected -----------------------------------------------------------
+
+INFINITE_CONFIG_CASES = [
+    ("dropout rate .nan", lambda d: _layers(d).insert(2, {"type": "dropout", "rate": float("nan")}), "model.layers[2].rate"),
+    ("validation size .inf", lambda d: d["data"]["validation"].update(size=float("inf")), "data.validation.size"),
+    ("augment zoom .nan", lambda d: d["data"].update(augment={"zoom": float("nan")}), "data.augment.zoom"),
+    ("momentum .inf", lambda d: d["train"].update(optimizer={"name": "sgd", "momentum": float("inf")}),
+     "train.optimizer.momentum"),
+    ("label smoothing .nan", lambda d: d["train"].update(loss={"name": "categorical_crossentropy",
+                                                               "label_smoothing": float("nan")}), "train.loss.label_smoothing"),
+    ("early stopping min_delta -.inf", lambda d: d["train"].update(early_stopping={"min_delta": float("-inf")}),
+     "train.early_stopping.min_delta"),
+    ("clipnorm .inf", lambda d: d["train"].update(optimizer={"name": "adam", "clipnorm": float("inf")}),
+     "train.optimizer.clipnorm"),
+]
+
+
+@pytest.mark.parametrize("change, field", [case[1:] for case in INFINITE_CONFIG_CASES],
+                         ids=[case[0] for case in INFINITE_CONFIG_CASES])
+def test_infinite_and_undefined_config_values(runner, write_config, tmp_path, change, field):
+    data = small_dnn()
+    change(data)
+    _assert_user_error(runner, ["config", str(write_config(data))], [field, "finite number"])

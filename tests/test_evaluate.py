@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from test_checkpoint import KERAS2_H5, KERAS3_H5, save_model
 
 from cnnlab.cli import app
 from cnnlab.config import validate_config
@@ -14,6 +13,7 @@ from cnnlab.evaluate import evaluate
 from cnnlab.train import train
 
 from conftest import DATA_DIR, REPO, needs_data, needs_shared
+from test_checkpoint import KERAS2_H5, KERAS3_H5, save_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

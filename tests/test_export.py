@@ -173,6 +173,7 @@ def test_export_writes_a_model_that_matches_keras_in_its_own_runtime(served_run,
     assert re.fullmatch(rf"wrote {re.escape(str(output))} \({format}{said_input}\); on 256 test images its outputs differ from "
                         r"Keras' by at most \S+ \(tolerance 0.0001\)\n", result.stdout)
     assert output.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert not (served_run / "export").exists()  # written elsewhere (-o): the run directory is left as it was
     x = _test_images(served_run)
     expected = keras.saving.load_model(served_run / "best.keras").predict(x, verbose=0)
     np.testing.assert_allclose(_outputs_in_runtime(output, format, x), expected, atol=TOLERANCE)

@@ -8,8 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from test_checkpoint import KERAS3_H5, save_model
-from test_preprocess import draw_digit
 
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import app
@@ -18,6 +16,8 @@ from cnnlab.predict import collect_images, predict_files
 from cnnlab.train import train
 
 from conftest import DATA_DIR, REPO, SHARED, needs_shared
+from test_checkpoint import KERAS3_H5, save_model
+from test_preprocess import draw_digit
 
 DIGITS = SHARED / "digits"
 

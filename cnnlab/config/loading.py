@@ -55,11 +55,14 @@ def read_run_config(path: Path, recorded_source: str | None) -> dict:
 
 
 def _absolute_data_path(data: dict, folder: Path) -> None:
-    section = data.get("data")
-    if isinstance(section, dict) and isinstance(section.get("path"), str) and section["path"]:
-        given = Path(section["path"]).expanduser()
-        if not given.is_absolute():
-            section["path"] = os.path.normpath(folder / given)
+    """data.path, and a backbone's weights file (model.backbone.weights), made absolute from `folder`."""
+    model = data.get("model")
+    backbone = model.get("backbone") if isinstance(model, dict) else None
+    for section, key, keep in ((data.get("data"), "path", ()), (backbone, "weights", ("imagenet",))):
+        if isinstance(section, dict) and isinstance(section.get(key), str) and section[key] not in ("", *keep):
+            given = Path(section[key]).expanduser()
+            if not given.is_absolute():
+                section[key] = os.path.normpath(folder / given)
 
 
 def read_yaml_mapping(path: Path) -> dict:

@@ -36,13 +36,31 @@ METRIC_NAMES = ("accuracy", "top_k_accuracy", "precision", "recall", "auc", "mse
 # Keras compares these with targets of the output's shape (over all classes' outputs, micro-averaged)
 ONE_HOT_METRICS = ("precision", "recall", "auc", "mse", "mae")
 # the PydanticCustomError types of this schema's own validators: their messages are whole sentences already
-OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space")
+OWN_ERRORS = ("metric", "one_of", "loss_option", "search_space", "class_weight")
 
 
 RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=100)]
 
 
+class BackboneSection(Section):
+    """A pretrained keras.applications network under model.layers (cnnlab.backbone; its FAMILIES list the names).
+
+    weights: imagenet (Keras' own download and cache), the path of a weights file (.h5), or
+    null (a random start). trainable: false keeps it frozen (train.fine_tune unfreezes it
+    later); pooling: avg or max gives one vector per picture, null the feature map itself.
+    """
+
+    name: str
+    alpha: Annotated[float, Field(gt=0.0)] | None = None  # mobilenet's width; default 1.0
+    weights: str | None = "imagenet"
+    trainable: bool = False
+    pooling: Literal["avg", "max"] | None = "avg"
+    # frozen and not augmented: the head trains on features computed once (false: through the backbone every batch)
+    cache_features: bool = True
+
+
 class ModelSection(Section):
+    backbone: BackboneSection | None = None  # null: model.layers is the whole model
     layers: Annotated[list[Layer], Field(min_length=1)]
 
 
@@ -370,6 +388,33 @@ def _distinct(names: list[str]) -> list[str]:
     return names
 
 
+def _class_weight(value: Any) -> Any:
+    """auto, or {class name: positive weight}; `{3: 5}` (YAML's number keys) names MNIST's class "3"."""
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, dict) or not value:
+        raise PydanticCustomError("class_weight", f"{value!r} is not valid; use auto, or weights by class name "
+                                  "such as {cat: 2.0, dog: 1.0}")
+    for name, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise PydanticCustomError("class_weight", f"class {name}: {weight!r} is not a weight; give a "
+                                      "positive number")
+    return {str(name): float(weight) for name, weight in value.items()}
+
+
+class FineTuneSection(Section):
+    """A second phase after train.epochs: the backbone's top layers unfrozen, trained with a low learning rate.
+
+    unfreeze: how many of the backbone's last layers train (or all); batch_norm: whether its
+    batch-normalisation layers train too (they keep their ImageNet statistics either way).
+    """
+
+    unfreeze: PositiveInt | Literal["all"] = "all"
+    epochs: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-5
+    batch_norm: bool = False
+
+
 class TrainSection(Section):
     optimizer: Optimizer = Adam(name="adam")
     lr_schedule: LrSchedule | None = None  # null: the optimizer's constant learning_rate
@@ -400,6 +445,11 @@ class TrainSection(Section):
     # output layer stays float32. mixed_bfloat16 for CPUs with AVX512_BF16/AMX and recent GPUs,
     # mixed_float16 for GPUs (on a CPU it is refused: slower there than float32).
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # weigh each class's share of the loss (cnnlab.data.balance): auto = scikit-learn's "balanced",
+    # n_samples / (n_classes * count); {class name: weight}, a class left out weighs 1; null: unweighted
+    class_weight: Annotated[str | dict[str, float] | None, BeforeValidator(_class_weight)] = None
+    # after the train.epochs of a frozen model.backbone: train.fine_tune.epochs more with it unfrozen
+    fine_tune: FineTuneSection | None = None
 
 
 # --- tune ---------------------------------------------------------------------------

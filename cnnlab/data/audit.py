@@ -40,15 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.data.balance import is_uneven
 from cnnlab.data.cache import Progress, row_digests
 from cnnlab.data.splits import ImageData, describe, load, select_test_files
 from cnnlab.errors import CnnlabError
 
-IMBALANCE_RATIO = 3.0  # largest / smallest class (training images) above which classes are uneven
 ODD_SHARE = 0.05  # a format or mode held by at most this share of the files is named
 ODD_ASPECT = 3.0  # an image whose long side exceeds this x its short side is named
 NEAR_BITS = 6  # dHash bits (of 64) two images may differ by and still be near-duplicates
 MAX_NEAR_IMAGES = 30_000  # near-duplicates are compared all against all up to this many images
+NEAR_SHARE_MAX = 0.2  # more near-copies than this share of the images: the hash is not telling them apart
 SHEET_TILE = 80  # px: a contact sheet's thumbnail
 SHEET_COLUMNS = 12
 SHEET_MAX = 192  # thumbnails per class sheet (problem files first)
@@ -186,8 +187,14 @@ def audit_data(target: Path, overrides: list[str] | tuple[str, ...] = (), out: P
     elif len(rows) > MAX_NEAR_IMAGES:
         result.near_bits, result.near_skipped = None, f"more than {MAX_NEAR_IMAGES:,} images"
     else:
-        findings += near_duplicates(dhash(data.images, rows, progress), digests[rows], rows, data.labels, split,
-                                    names, info.class_names)
+        near = near_duplicates(dhash(data.images, rows, progress), digests[rows], rows, data.labels, split,
+                               names, info.class_names)
+        if near is None:
+            result.near_bits, result.near_skipped = None, (
+                f"over {NEAR_SHARE_MAX:.0%} of the images hash alike, as small digits or drawings do: "
+                "the hash cannot tell a copy from a look-alike here")
+        else:
+            findings += near
     result.findings = findings
     result.seconds = time.perf_counter() - started
     if out is not None:
@@ -255,14 +262,12 @@ def _unreadable(data: ImageData, skipping: bool) -> list[Finding]:
 def imbalance_finding(counts: dict[str, int], ignore: set[str] = frozenset()) -> Finding | None:
     """A warning when the largest class has more than IMBALANCE_RATIO x the smallest's images."""
     present = {name: n for name, n in counts.items() if name not in ignore and n > 0}
-    if len(present) < 2:
+    if not is_uneven(present.values()):
         return None
     large, small = max(present, key=present.get), min(present, key=present.get)
     ratio = present[large] / present[small]
-    if ratio <= IMBALANCE_RATIO:
-        return None
-    return Finding("imbalance", f"uneven classes: {large} has {present[large]:,} training images, {small} "
-                   f"{present[small]:,} ({ratio:.1f}x); set train.class_weight: auto to weigh them evenly")
+    return Finding("imbalance", f"uneven classes: {large!r} has {present[large]:,} training images, {small!r} "
+                   f"{present[small]:,} ({ratio:.1f}x); train.class_weight: auto weighs them evenly")
 
 
 def _headers(data: ImageData, progress: Progress | None) -> dict[str, tuple[str, str, int, int]]:
@@ -366,35 +371,37 @@ def dhash(images, rows: np.ndarray, progress: Progress | None = None) -> np.ndar
 
 
 def near_duplicates(hashes: np.ndarray, digests: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                    split: np.ndarray, names: list[str], classes: tuple[str, ...]) -> list[Finding]:
+                    split: np.ndarray, names: list[str], classes: tuple[str, ...]) -> list[Finding] | None:
     """Groups of images whose dHashes differ in at most NEAR_BITS bits, exact copies left out.
+
+    None when more than NEAR_SHARE_MAX of the images would be near-copies: the hash then cannot
+    tell a copy from a look-alike (small digits and drawings: every 1 hashes like every other).
 
     Args:
         hashes, digests: each of `rows`' dHash and pixel digest, in the order of `rows`.
         rows, labels, split, names, classes: as for `exact_duplicates`.
     """
-    parent = list(range(len(rows)))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    pairs, alike = [], np.zeros(len(rows), bool)
     for start in range(0, len(rows), 512):
-        block = hashes[start:start + 512]
-        distance = np.bitwise_count(block[:, None] ^ hashes[None, :])
-        for i, j in zip(*np.nonzero(distance <= NEAR_BITS)):
-            i += start
-            if i < j and digests[i] != digests[j]:
-                parent[root(i)] = root(j)
+        i, j = np.nonzero(np.bitwise_count(hashes[start:start + 512, None] ^ hashes[None, :]) <= NEAR_BITS)
+        i += start
+        keep = (i < j) & (digests[i] != digests[j])
+        pairs.append((i[keep], j[keep]))
+        alike[i[keep]] = alike[j[keep]] = True
+        if alike.sum() > NEAR_SHARE_MAX * len(rows):
+            return None
+    first = np.concatenate([i for i, _ in pairs]) if pairs else np.empty(0, np.int64)
+    second = np.concatenate([j for _, j in pairs]) if pairs else np.empty(0, np.int64)
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(rows), len(rows)))
+    _, component = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(rows)):
-        groups[root(i)].append(i)
+    for i in np.flatnonzero(alike):
+        groups[int(component[i])].append(int(i))
     findings = []
     for members in groups.values():
-        if len({int(digests[i]) for i in members}) < 2:
-            continue
         group = [int(rows[i]) for i in members]
         files = tuple(names[row] for row in group)
         group_classes = sorted({classes[labels[row]] for row in group})

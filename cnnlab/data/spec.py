@@ -56,7 +56,9 @@ class ImageSpec:
         """A PIL image of any mode and size as this spec's uint8 array (height, width, channels)."""
         from PIL import Image
 
-        image = image.convert("L" if self.color == "grayscale" else "RGB")
+        mode = "L" if self.color == "grayscale" else "RGB"
+        if image.mode != mode:  # (converting to its own mode copies the image)
+            image = image.convert(mode)
         if image.size != (self.width, self.height):
             filters = {
                 "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
