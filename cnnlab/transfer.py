@@ -143,6 +143,8 @@ def _frozen_phase(keras, model, cfg: Config, splits: Splits, validation, callbac
         fitted.compile(optimizer=model.optimizer, loss=make_loss(keras, cfg.train.loss, one_hot),
                        metrics=make_metrics(keras, cfg.train.metrics, one_hot))
         recorder.saved_model = model
+        if not cfg.train.checkpoint.filename:  # (a file per epoch is written when asked for)
+            recorder.defer()  # epochs of milliseconds: the whole model is written when the phase ends
         augment = None
     try:
         batches, steps = epoch_batches(x_train, splits.y_train, batch_size, cfg.seed, first_epoch, cfg.train.epochs,
@@ -150,6 +152,7 @@ def _frozen_phase(keras, model, cfg: Config, splits: Splits, validation, callbac
         fitted.fit(batches, steps_per_epoch=steps, shuffle=False, validation_data=val_data, epochs=cfg.train.epochs,
                    initial_epoch=first_epoch, callbacks=callbacks, verbose=verbose, class_weight=class_weight)
     finally:
+        recorder.flush()  # also when interrupted: the finished epochs are kept
         recorder.saved_model = None
 
 

@@ -223,3 +223,23 @@ def test_imagenet_weights_come_from_keras_own_cache(runner, tmp_path, monkeypatc
     environment = json.loads((run / "environment.json").read_text())["backbone"]
     assert environment == {"weights": "imagenet", "file": str(home / "models" / "mobilenet_2_5_128_tf_no_top.h5"),
                            "sha256": WEIGHTS_SHA256}
+
+
+@needs_shared
+def test_a_run_stopped_while_fine_tuning_resumes_in_that_phase(tmp_path, photos, ctrl_c_works):
+    from cnnlab.config import validate_config
+    from cnnlab.train import Hooks, resume, train
+
+    from test_resume import _CtrlCAt
+
+    data = backbone_config(photos, fine_tune={"unfreeze": 10, "epochs": 2, "learning_rate": 5e-4})
+    cfg = validate_config(data, "c.yaml")
+    stopped = train(cfg, "c.yaml", runs_dir=tmp_path, echo=lambda _: None, hooks=Hooks(callbacks=[_CtrlCAt(3, 0)]))
+    assert stopped.status == "interrupted"
+    assert json.loads((stopped.run_dir / "run.json").read_text())["epochs_completed"] == 3
+    said: list[str] = []
+    result = resume(stopped.run_dir, echo=said.append)
+    assert result.status == "completed" and result.metrics["epochs_completed"] == 4
+    assert not any("fine-tuning from epoch" in line for line in said)  # it was fine-tuning already
+    history = json.loads((stopped.run_dir / "history.json").read_text())["epochs"]
+    assert [row["learning_rate"] for row in history] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])

@@ -166,9 +166,10 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], pr
 
     bad: dict[int, str] = {}
     total = len(manifest.files)
-    chunks = [(start, min(total, start + _CHUNK)) for start in range(0, total, _CHUNK)]
-    sizes = [size for _, size, _ in fingerprint if size > 0]
     cores = os.cpu_count() or 1
+    size = max(8, min(_CHUNK, -(-total // (4 * cores))))  # a few pieces per core, even for a small folder
+    chunks = [(start, min(total, start + size)) for start in range(0, total, size)]
+    sizes = [size for _, size, _ in fingerprint if size > 0]
     pool: Executor | None = None
     if cores > 1 and len(chunks) > 1 and "tensorflow" not in sys.modules and "fork" in mp.get_all_start_methods():
         pool = ProcessPoolExecutor(max_workers=min(cores, len(chunks)), mp_context=mp.get_context("fork"))
