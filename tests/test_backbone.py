@@ -227,10 +227,10 @@ def test_imagenet_weights_come_from_keras_own_cache(runner, tmp_path, monkeypatc
 
 @needs_shared
 def test_a_run_stopped_while_fine_tuning_resumes_in_that_phase(tmp_path, photos, ctrl_c_works):
+    from test_resume import _CtrlCAt
+
     from cnnlab.config import validate_config
     from cnnlab.train import Hooks, resume, train
-
-    from test_resume import _CtrlCAt
 
     data = backbone_config(photos, fine_tune={"unfreeze": 10, "epochs": 2, "learning_rate": 5e-4})
     cfg = validate_config(data, "c.yaml")
