@@ -369,7 +369,9 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     callbacks += hooks.callbacks
-    validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg, splits.x_val.sample_shape)) if splits.x_val is not None else None
+    validation = None
+    if splits.x_val is not None:
+        validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg, splits.x_val.sample_shape))
     augment = augmentation(keras, cfg.data.augment, plan.data, cfg.data.scale, plan.input_shape, cfg.seed)
     started = time.perf_counter()
     with stop:
