@@ -12,7 +12,8 @@ Routes:
   Query: `top_k` (default 3), `preprocess` (auto | mnist | fashion | none), `seen=true`
   to get the image the model saw as a PNG data URL. Answer: per image the top-k classes
   with names and probabilities.
-- `GET /health`, `GET /model` (name, classes, input shape, test accuracy, versions),
+- `GET /health` (with worker processes: how many of them answer now), `GET /model` (name, classes,
+  input shape, test accuracy, versions),
   `GET /docs` (FastAPI's OpenAPI page).
 - `GET /`: the page (`cnnlab/serve_page/`: plain HTML, CSS and JS, no CDN), fitted to the model:
   a canvas to draw on for a digit model, upload and the camera for a photo model.
@@ -91,7 +92,7 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", **workers.state()}
 
     @app.get("/model")
     def model() -> dict:

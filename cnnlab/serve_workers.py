@@ -66,6 +66,10 @@ class Workers:
     async def answers(self, images: list[ImageBytes], top_k: int, preprocess: str, seen: bool) -> list[dict]:
         raise NotImplementedError
 
+    def state(self) -> dict:
+        """What `GET /health` adds about the workers (nothing: this process answers)."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -260,6 +264,11 @@ class Processes(Workers):
                 _, future = self._waiting.popleft()
                 if not future.done():
                     future.set_result((None, None))
+
+    def state(self) -> dict:
+        """The worker processes, and how many answer now (0 while they load the model: this process answers)."""
+        ready = sum(worker.alive for worker in self._workers) if self.up.is_set() else 0
+        return {"workers": len(self._workers), "workers_ready": ready}
 
     def close(self) -> None:
         self._detach()

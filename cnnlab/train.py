@@ -43,7 +43,7 @@ from cnnlab import distribute, rundir
 from cnnlab.backend import StopRequest, environment, init_backend, step
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_run_config, validate_config
-from cnnlab.data import ImageData, Splits, data_record, idx_files_present, load, prepare
+from cnnlab.data import ImageData, Splits, data_record, describe_data, idx_files_present, load, prepare
 from cnnlab.data.audit import training_findings
 from cnnlab.data.balance import class_weights, is_uneven
 from cnnlab.data.balance import named as named_weights
@@ -558,19 +558,6 @@ def eval_batch(cfg: Config, sample_shape: tuple[int, ...]) -> int:
 
 
 _EVAL_VALUES = 256 * 28 * 28 * 8  # values in one scoring batch: 256 MNIST digits, 8 times over
-
-
-def describe_data(record: dict) -> str:
-    """The data line of train's report: data set, classes with their names, image format, sample counts."""
-    classes = record["classes"]
-    names = ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
-    where = f" {record['source']}" if record.get("source") else ""
-    image = (f", {record['image_size'][0]}x{record['image_size'][1]} {record['color']}"
-             if record.get("image_size") else "")
-    counts = record["samples"]
-    skipped = f"; {len(record['skipped_files'])} unreadable files skipped" if record.get("skipped_files") else ""
-    return (f"data: {record['dataset']}{where}{image}; {len(classes)} classes: {names}; "
-            f"{counts['train']:,} training, {counts['validation']:,} validation, {counts['test']:,} test samples{skipped}")
 
 
 def _export_for_predict(model, run_dir: Path, splits: Splits, probs: np.ndarray, echo: Echo) -> dict:

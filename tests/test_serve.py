@@ -20,7 +20,7 @@ from PIL import Image
 
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.predict import predict_files
-from cnnlab.serve import MAX_FILES
+from cnnlab.serve import MAX_FILES, default_workers
 
 from conftest import SHARED, Server, free_port, needs_data, needs_shared
 
@@ -46,7 +46,8 @@ def _post_image(server, data: bytes, content_type: str = "image/png", **params) 
 
 
 def test_health_model_and_docs(server, served_run):
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and 0 <= health["workers_ready"] <= health["workers"] == default_workers()
     model = httpx.get(f"{server.url}/model").json()
     metrics = json.loads((served_run / "metrics.json").read_text())
     assert model["name"] == "tiny_cnn" and model["dataset"] == "mnist"
@@ -384,7 +385,9 @@ def test_a_killed_worker_leaves_the_others_and_then_the_server_answering(served_
                    if "spawn_main" in open(f"/proc/{pid}/cmdline").read()
                    and "resource_tracker" not in open(f"/proc/{pid}/cmdline").read()]
         assert len(workers) == 2
-        time.sleep(1.5)  # both have loaded the model and serve
+        while httpx.get(f"{probe.url}/health").json()["workers_ready"] < 2:  # both have loaded the model
+            assert time.monotonic() < deadline, probe.log()
+            time.sleep(0.1)
         for number, worker in enumerate(workers, 1):
             os.kill(worker, signal.SIGKILL)
             time.sleep(0.2)
@@ -393,6 +396,7 @@ def test_a_killed_worker_leaves_the_others_and_then_the_server_answering(served_
                 assert answer.status_code == 200 and answer.json()["predictions"][0]["class"] == expected
             assert probe.log().count("a worker process stopped") == number
         assert "0 left; this process answers every request" in probe.log()
+        assert httpx.get(f"{probe.url}/health").json() == {"status": "ok", "workers": 2, "workers_ready": 0}
     finally:
         assert probe.stop() == 0
 
@@ -468,6 +472,23 @@ def _raw(server, chunks: list[bytes], pause: float = 0.0) -> tuple[int, dict, by
     return int(status_line.split()[1]), headers, body
 
 
+def _settled_log(server, quiet: float = 0.3, timeout: float = 10) -> int:
+    """How many lines the server has logged, once no line has come for `quiet` seconds.
+
+    An access line is written after its response is sent: the previous request's line may still be on its way.
+    """
+    deadline = time.monotonic() + timeout
+    count, since = len(server.log().splitlines()), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = len(server.log().splitlines())
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return count
+
+
 def _log_after(server, before: int, timeout: float = 10) -> list[str]:
     """The lines the server has logged since it had `before` lines (waiting for at least one)."""
     deadline = time.monotonic() + timeout
@@ -498,7 +519,7 @@ MALFORMED_CASES = [
 
 @pytest.mark.parametrize("sent", [case[1] for case in MALFORMED_CASES], ids=[case[0] for case in MALFORMED_CASES])
 def test_a_malformed_request_gets_json_from_the_protocol_and_one_log_line(server, sent):
-    before = len(server.log().splitlines())
+    before = _settled_log(server)
     status, headers, body = _raw(server, [sent])
     assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
     assert "not valid HTTP/1.1" in json.loads(body)["detail"]
@@ -527,7 +548,7 @@ OVERSIZED_CASES = [
 
 @pytest.mark.parametrize("chunks, pause", [case[1:] for case in OVERSIZED_CASES], ids=[case[0] for case in OVERSIZED_CASES])
 def test_a_head_over_32_kib_is_refused_with_431_as_it_arrives(server, chunks, pause):
-    before = len(server.log().splitlines())
+    before = _settled_log(server)
     status, headers, body = _raw(server, chunks, pause)
     assert status == 431 and headers["content-type"] == "application/json", (status, body)
     assert "32 KiB" in json.loads(body)["detail"]
@@ -579,7 +600,7 @@ LEAVING_CASES = [
 def test_a_client_leaving_mid_upload_is_one_4xx_log_line(server, sent):
     import socket
 
-    before = len(server.log().splitlines())
+    before = _settled_log(server)
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(sent)
         time.sleep(0.2)  # the server is reading the body when the client leaves

@@ -31,6 +31,7 @@ from cnnlab.data.splits import (
     Splits,
     data_record,
     describe,
+    describe_data,
     encode_labels,
     info_from_record,
     load,
@@ -40,7 +41,7 @@ from cnnlab.data.splits import (
 
 __all__ = [
     "DATA_DIR_ENV", "DATASETS", "FASHION_CLASSES", "IMAGE_SUFFIXES", "OFFLINE_ENV", "DatasetInfo", "ImageData",
-    "ImageSpec", "RawData", "Samples", "Splits", "data_record", "describe", "encode_labels", "idx_files_present",
+    "ImageSpec", "RawData", "Samples", "Splits", "data_record", "describe", "describe_data", "encode_labels", "idx_files_present",
     "info_from_record", "load",
     "load_raw", "prepare",
     "read_idx", "resolve_data_dir", "select_test_files",

@@ -389,3 +389,16 @@ def info_from_record(record: dict) -> DatasetInfo:
         train_size=record["samples"]["train"], test_size=record["samples"]["test"], source=record.get("source"),
         folder=base.folder if base else "", urls=base.urls if base else (), md5=base.md5 if base else (),
     )
+
+
+def describe_data(record: dict) -> str:
+    """The data line of train's report: data set, classes with their names, image format, sample counts."""
+    classes = record["classes"]
+    names = ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+    where = f" {record['source']}" if record.get("source") else ""
+    image = (f", {record['image_size'][0]}x{record['image_size'][1]} {record['color']}"
+             if record.get("image_size") else "")
+    counts = record["samples"]
+    skipped = f"; {len(record['skipped_files'])} unreadable files skipped" if record.get("skipped_files") else ""
+    return (f"data: {record['dataset']}{where}{image}; {len(classes)} classes: {names}; "
+            f"{counts['train']:,} training, {counts['validation']:,} validation, {counts['test']:,} test samples{skipped}")
