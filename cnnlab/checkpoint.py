@@ -187,6 +187,7 @@ def load_checkpoint(target: str | Path, dataset: str | None = None, scale: float
             )
     else:
         path = target
+        rundir.refuse_config(path)
         if path.suffix.lower() not in rundir.MODEL_SUFFIXES:
             raise CnnlabError(
                 f"{path}: is not a model file cnnlab can load; give a run directory or a "

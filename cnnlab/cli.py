@@ -344,13 +344,13 @@ def predict(
              "Fashion-MNIST: object on black, fitted; a folder/CSV data set: none); none: only the conversion "
              "and resize the training images had.")] = Preprocess.auto,
     explain: Annotated[Optional[Path], typer.Option(
-        help="Write a PNG per image here: the image, the 28x28 the model saw, the probabilities.",
+        help="Write a PNG per image here: the image, what the model saw (its input size), the probabilities.",
         show_default=False)] = None,
     dataset: DatasetOption = None,
     scale: ScaleOption = None,
     unsafe: UnsafeOption = False,
 ) -> None:
-    """Predict the class of each image with its top-k probabilities (class names for Fashion-MNIST)."""
+    """Predict the class of each image with its top-k probabilities, named by the run's classes."""
     from cnnlab import predict as predicting
     from cnnlab.checkpoint import load_checkpoint
 
@@ -389,7 +389,8 @@ def serve(
         min=1, help="Server processes sharing the port, each with its own model [default: one per core, at most 4].",
         show_default=False)] = None,
 ) -> None:
-    """Serve TARGET over HTTP: POST /predict, GET /health, /model, /docs, and a draw-a-digit page at /."""
+    """Serve TARGET over HTTP: POST /predict, GET /health, /model, /docs, and a page at / (draw a digit, or
+    upload or photograph a picture, as the model takes)."""
     from cnnlab.serve import serve as serve_model
 
     serve_model(target, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20), workers=workers,

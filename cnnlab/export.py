@@ -26,7 +26,7 @@ import numpy as np
 from cnnlab.backend import silenced
 from cnnlab.errors import CnnlabError
 from cnnlab.litert import TFLITE, LiteModel
-from cnnlab.rundir import atomic_path, update_json
+from cnnlab.rundir import atomic_path, refuse_config, update_json
 
 TOLERANCE = 1e-4  # largest difference from Keras' probabilities that we accept
 
@@ -109,6 +109,7 @@ def export_model(target: str | Path, format: str, output: str | Path | None = No
     if format not in FORMATS:
         raise CnnlabError(f"--format {format}: unknown; use one of {', '.join(FORMATS)}.")
     target = Path(target)
+    refuse_config(target)
     if output is None:
         if not target.is_dir():
             raise CnnlabError(f"{target}: is a model file; give -o PATH for the {format} export "

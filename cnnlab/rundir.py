@@ -47,6 +47,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import socket
 import tempfile
@@ -350,11 +351,21 @@ class Run:
         return f"{what} (`cnnlab baseline --method {method}`) with {scores or 'no scores'} (in {metrics_path})"
 
 
+def refuse_config(path: Path) -> None:
+    """A config file given where a trained run or model is wanted: say how to train it."""
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        raise CnnlabError(
+            f"{path}: is a config file, not a trained model; train it first (cnnlab train {shlex.quote(str(path))})"
+            ", then give the run directory it writes (runs/<name>/)."
+        )
+
+
 def open_run(path: str | Path) -> Run:
     """Open an existing run directory; a clear error when `path` is not one."""
     path = Path(path)
     if not path.exists():
         raise CnnlabError(f"{path}: no such run directory or file.")
+    refuse_config(path)
     if not path.is_dir() or not (path / CONFIG).exists() or not (path / RUN).exists():
         raise CnnlabError(
             f"{path}: is not a cnnlab run directory (it needs {CONFIG} and {RUN}, as "

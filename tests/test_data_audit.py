@@ -235,3 +235,22 @@ def test_cnnlab_data_never_imports_tensorflow(tmp_path):
             f"audit_data(Path({str(folder)!r}), out=Path({str(tmp_path / 'out')!r})); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("preprocess, warned", [("mnist", "as MNIST did"), ("fashion", "as Fashion-MNIST did"),
+                                                ("auto", None), ("none", None)])
+def test_train_warns_when_predict_would_prepare_pictures_as_training_never_did(tmp_path, preprocess, warned):
+    from cnnlab.config import load_config
+    from cnnlab.data import describe, load
+    from cnnlab.data.audit import training_findings
+
+    folder = clean_folder(tmp_path / "photos")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "name": "p", "data": {"dataset": "folder", "path": str(folder), "predict_preprocess": preprocess},
+        "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 3, "activation": "softmax"}]}}))
+    cfg = load_config(tmp_path / "c.yaml")
+    lines = [f.message for f in training_findings(load(cfg.data, describe(cfg.data))) if f.kind == "preprocess"]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and warned in lines[0] and "only resized" in lines[0] and "use auto" in lines[0]

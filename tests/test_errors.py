@@ -479,6 +479,9 @@ MODEL_CASES = [
     ("zip bomb", lambda d: zip_bomb(d / "bomb.keras", weights_declared=2**32 - 2),
      ["bomb.keras", "refuses", "model.weights.h5 declares 4.0 GiB but stores 1.0 KiB"]),
     ("folder that is not a run", lambda d: (d / "folder").mkdir() or d / "folder", ["folder", "not a cnnlab run directory"]),
+    ("a config file", lambda d: _write(d / "cnn.yaml", "name: cnn\n"), ["cnn.yaml", "is a config file", "cnnlab train"]),
+    ("a config file named .yml", lambda d: _write(d / "My Net.YML", "name: x\n"),
+     ["My Net.YML", "is a config file", "cnnlab train 'My Net.YML'"]),
 ]
 
 
@@ -486,6 +489,12 @@ MODEL_CASES = [
 def test_model_file_mistakes(runner, tmp_path, make, words):
     draw_digit().save(tmp_path / "seven.png")
     _assert_user_error(runner, ["predict", str(make(tmp_path)), str(tmp_path / "seven.png")], words)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["evaluate"], ["export", "--format", "tflite"], ["report"]])
+def test_a_config_given_where_a_run_is_wanted_says_how_to_train_it(runner, tmp_path, command):
+    config = _write(tmp_path / "cnn.yaml", "name: cnn\n")
+    _assert_user_error(runner, [command[0], str(config), *command[1:]], ["cnn.yaml", "is a config file"])
 
 
 def test_results_folder_not_writable(runner, tmp_path):

@@ -16,6 +16,8 @@ same test split), without TensorFlow, and every problem becomes a `Finding`:
                     score would be a lie)
     near_duplicate  resized, re-encoded or lightly edited copies (a perceptual hash, `dhash`),
     near_leakage    ... and such copies across training and test
+    preprocess      data.predict_preprocess: mnist or fashion on own data whose training images were
+                    only resized (train's warning: predict would invert, crop and centre what training never did)
 
 Exact duplicates compare the decoded images (`cnnlab.data.cache.row_digests`), so a copy
 with another name or format is found; `train` warns about imbalance, label conflicts and
@@ -428,6 +430,12 @@ def training_findings(data: ImageData) -> list[Finding]:
         rows = np.unique(np.concatenate([data.train, data.test]))  # train_samples may repeat none, but be sure
         findings += exact_duplicates(row_digests(data.images), rows, data.labels, split, list(data.files), classes,
                                      kinds=("label_conflict", "leakage"))
+    if data.info.own_data and data.info.preprocess in ("mnist", "fashion"):
+        findings.append(Finding("preprocess", (
+            f"data.predict_preprocess: {data.info.preprocess}: predict will prepare each picture as "
+            f"{'MNIST' if data.info.preprocess == 'mnist' else 'Fashion-MNIST'} did (invert, crop, fit and centre), "
+            f"but these {data.info.name} images were only resized for training; use auto unless they are "
+            "already prepared that way")))
     return findings
 
 
