@@ -47,7 +47,7 @@ import numpy as np
 from cnnlab import rundir
 from cnnlab.config import Config
 from cnnlab.errors import CnnlabError
-from cnnlab.loop import gradient_update, run_epochs
+from cnnlab.loop import class_weighting, gradient_update, run_epochs
 
 PEER_TIMEOUT_ENV = "CNNLAB_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 120.0  # seconds every worker has to come up (TensorFlow itself waits forever)
@@ -381,7 +381,8 @@ LOST = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledE
 
 
 def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_epoch: int, dist: Distributed,
-                    augment=None, verbose: int = 2, run_dir: Path | None = None) -> None:
+                    augment=None, verbose: int = 2, run_dir: Path | None = None,
+                    class_weight: dict[int, float] | None = None) -> None:
     """Train compiled `model` for epochs initial_epoch..train.epochs under `dist.strategy`.
 
     Args:
@@ -390,6 +391,7 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
             and each step's global batch is cut into one contiguous part per replica.
         callbacks: Keras callbacks, called where `model.fit` calls them, with the same logs
             (loss, accuracy, val_loss, val_accuracy), equal on every worker.
+        class_weight: each class id's weight in the training loss (train.class_weight), or None.
     """
     import tensorflow as tf
 
@@ -398,6 +400,7 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
     with dist.scope():  # the compiled loss, summed: the step divides by the global batch itself
         loss_sum = type(model.loss).from_config({**model.loss.get_config(), "reduction": "sum"})
     single = splits.y_train.ndim == 1 and model.output_shape[-1] == 1
+    weighting = class_weighting(tf, class_weight, model.output_shape[-1])
 
     def hits(y, p):
         if single:
@@ -412,7 +415,8 @@ def fit_distributed(keras, model, cfg: Config, splits, callbacks: list, initial_
         def replica(x, y):
             def forward():
                 p = model(x, training=True)
-                loss = loss_sum(y, p) / samples  # summed over replicas: the mean over the global batch
+                weights = None if weighting is None else weighting(y)
+                loss = loss_sum(y, p, sample_weight=weights) / samples  # summed over replicas: the global mean
                 if model.losses:  # the kernel regularizers' penalties, once per step in all
                     loss += tf.add_n(model.losses) / replicas
                 return loss, hits(y, p)

@@ -10,6 +10,8 @@ this module's two functions with their own forward pass:
   (`train.precision: mixed_float16`) divides every gradient by its scale, so the loss is
   multiplied by it first, under the tape, as `model.fit` does. (Written twice, the
   multi-worker step once forgot it and applied updates 2^15 times too small.)
+- `class_weighting` turns `train.class_weight` into what a step multiplies each sample's
+  loss by, as Keras' `fit(class_weight=...)` does (the batch's mean is still over its samples).
 - `run_epochs` drives the epochs: the same shuffled order per (seed, epoch) as cnnlab's
   fit, the same Keras callbacks at the same points with the same logs (loss, accuracy,
   then what `validate` adds), and a stop (`model.stop_training`) honoured after the batch.
@@ -48,6 +50,22 @@ def gradient_update(tf, model, forward: Callable[[], tuple]):
     variables = model.trainable_variables
     model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
     return loss, extra
+
+
+def class_weighting(tf, class_weight: dict[int, float] | None, num_classes: int) -> Callable | None:
+    """labels -> each sample's weight (its class's), for `train.class_weight`; None when unweighted.
+
+    `labels` are class ids, one-hot rows, or a single sigmoid unit's 0/1 targets.
+    """
+    if class_weight is None:
+        return None
+    table = tf.constant([class_weight.get(c, 1.0) for c in range(max(num_classes, 2))], tf.float32)
+
+    def weights(y):
+        ids = tf.argmax(y, axis=-1) if y.shape.rank == 2 and y.shape[-1] > 1 else tf.reshape(y, [-1])
+        return tf.gather(table, tf.cast(ids, tf.int32))
+
+    return weights
 
 
 def run_epochs(keras, model, callbacks: list, *, epochs: int, initial_epoch: int, samples: int, batch_size: int,

@@ -37,7 +37,7 @@ import numpy as np
 from cnnlab import rundir
 from cnnlab.config import Config
 from cnnlab.data import Splits
-from cnnlab.loop import gradient_update, run_epochs
+from cnnlab.loop import class_weighting, gradient_update, run_epochs
 from cnnlab.plots import plot_iterations
 
 ITERATIONS_CSV = "iterations.csv"
@@ -46,7 +46,7 @@ EVAL_BATCH = 1024
 
 
 def fit_with_gradient_tape(model, cfg: Config, splits: Splits, callbacks: list, initial_epoch: int,
-                           run_dir: Path, verbose: int = 2) -> None:
+                           run_dir: Path, verbose: int = 2, class_weight: dict[int, float] | None = None) -> None:
     """Train compiled `model` for epochs initial_epoch..train.epochs with a tf.GradientTape loop.
 
     Args:
@@ -59,11 +59,13 @@ def fit_with_gradient_tape(model, cfg: Config, splits: Splits, callbacks: list, 
         initial_epoch: epochs already finished (a resumed run).
         run_dir: where iterations.csv and iterations.png go.
         verbose: 1 a live progress bar, 2 a line per epoch, 0 silent (as in `model.fit`).
+        class_weight: each class id's weight in the training loss (train.class_weight), or None.
     """
     import keras
     import tensorflow as tf
 
-    train_step, eval_step = _steps(keras, tf, model, sparse=not cfg.one_hot_labels())
+    weighting = class_weighting(tf, class_weight, model.output_shape[-1])
+    train_step, eval_step = _steps(keras, tf, model, sparse=not cfg.one_hot_labels(), weighting=weighting)
     iterations = _read_iterations(run_dir / ITERATIONS_CSV, initial_epoch)
 
     def train_batch(epoch: int, index):
@@ -89,8 +91,9 @@ def fit_with_gradient_tape(model, cfg: Config, splits: Splits, callbacks: list, 
             plot_iterations(iterations, epochs, run_dir / ITERATIONS_PNG, cfg.name)
 
 
-def _steps(keras, tf, model, sparse: bool):
-    """The compiled train and eval steps: (mean loss, correct count) of one batch."""
+def _steps(keras, tf, model, sparse: bool, weighting=None):
+    """The compiled train and eval steps: (mean loss, correct count) of one batch; `weighting`
+    (`cnnlab.loop.class_weighting`) weighs each training sample's loss by its class."""
     *body, head = model.layers
 
     def logits(x, training):
@@ -112,7 +115,8 @@ def _steps(keras, tf, model, sparse: bool):
     def train_step(x, y):
         def forward():
             z = logits(x, training=True)
-            loss = tf.reduce_mean(per_sample(y, z))
+            losses = per_sample(y, z)
+            loss = tf.reduce_mean(losses if weighting is None else losses * weighting(y))
             if model.losses:  # the layers' kernel_regularizer penalties, as model.fit adds them
                 loss += tf.add_n(model.losses)
             return loss, hits(y, z)

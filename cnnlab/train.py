@@ -379,10 +379,10 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
             from cnnlab.tape import fit_with_gradient_tape
 
             fit_with_gradient_tape(model, cfg, splits, callbacks, initial_epoch=len(history), run_dir=run_dir,
-                                   verbose=_verbose(cfg))
+                                   verbose=_verbose(cfg), class_weight=weights)
         elif dist is not None and dist.kind == "multi_worker":  # Keras' fit fails there: cnnlab's own step
             distribute.fit_distributed(keras, model, cfg, splits, callbacks, len(history), dist, augment,
-                                       _verbose(cfg), run_dir)
+                                       _verbose(cfg), run_dir, class_weight=weights)
         elif cfg.model.backbone is not None:  # the frozen phase (on features computed once), then fine-tuning
             fit_with_backbone(keras, model, cfg, splits, validation, callbacks, len(history), augment, batch_size,
                               recorder, (lambda: _early_stopping(cfg, rows, fresh_patience=True))

@@ -4,7 +4,8 @@ Loss scaling is the case that drifted: under `train.precision: mixed_float16` th
 `keras.optimizers.LossScaleOptimizer`, which divides every gradient by its scale (2^15 at the
 start), so a step that does not multiply the loss by that scale first applies updates 2^15 times
 too small. mixed_float16 is refused on CPUs, so the optimizer is made explicitly here, around a
-float32 model: the arithmetic of the scaling is the same.
+float32 model: the arithmetic of the scaling is the same. Class weights (`train.class_weight`)
+are the other thing every step must do as fit does: weigh each sample's loss by its class.
 """
 
 from __future__ import annotations
@@ -54,22 +55,30 @@ def _update(model, train) -> np.ndarray:
     return model.layers[-1].kernel.numpy() - before
 
 
-def _keras_fit(model):
-    splits = _splits()
-    model.fit(splits.x_train, splits.y_train, batch_size=SAMPLES, epochs=1, shuffle=False, verbose=0)
+CLASS_WEIGHT = {0: 0.2, 1: 5.0, 2: 1.0}
 
 
-def _tape(tmp_path):
-    return lambda model: fit_with_gradient_tape(model, _config(), _splits(), [], 0, tmp_path, verbose=0)
+def _keras_fit(class_weight):
+    def train(model):
+        splits = _splits()
+        model.fit(splits.x_train, splits.y_train, batch_size=SAMPLES, epochs=1, shuffle=False, verbose=0,
+                  class_weight=class_weight)
+
+    return train
 
 
-def _multi_worker(keras):
+def _tape(tmp_path, class_weight):
+    return lambda model: fit_with_gradient_tape(model, _config(), _splits(), [], 0, tmp_path, verbose=0,
+                                                class_weight=class_weight)
+
+
+def _multi_worker(keras, class_weight):
     import tensorflow as tf
 
     def train(model):
         # the multi-worker step, on a one-replica strategy this process can make on its own
         dist = Distributed("multi_worker", strategy, 1, SAMPLES, "global")
-        fit_distributed(keras, model, _config(), _splits(), [], 0, dist, verbose=0)
+        fit_distributed(keras, model, _config(), _splits(), [], 0, dist, verbose=0, class_weight=class_weight)
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     return train, strategy
@@ -77,13 +86,16 @@ def _multi_worker(keras):
 
 @pytest.mark.parametrize("step", ["gradient_tape", "multi_worker"])
 @pytest.mark.parametrize("scaled", [False, True], ids=["float32", "loss_scale_2^15"])
-def test_a_hand_written_step_moves_the_weights_as_model_fit_does(step, scaled, tmp_path):
+@pytest.mark.parametrize("class_weight", [None, CLASS_WEIGHT], ids=["unweighted", "class_weight"])
+def test_a_hand_written_step_moves_the_weights_as_model_fit_does(step, scaled, class_weight, tmp_path):
     keras, _ = init_backend("cpu")
-    expected = _update(_model(keras, scaled), _keras_fit)
+    expected = _update(_model(keras, scaled), _keras_fit(class_weight))
+    if class_weight is not None:  # the weights change the step: comparing would not be vacuous
+        assert not np.allclose(expected, _update(_model(keras, scaled), _keras_fit(None)), rtol=1e-2)
     if step == "gradient_tape":
-        actual = _update(_model(keras, scaled), _tape(tmp_path))
+        actual = _update(_model(keras, scaled), _tape(tmp_path, class_weight))
     else:
-        train, strategy = _multi_worker(keras)
+        train, strategy = _multi_worker(keras, class_weight)
         with strategy.scope():
             model = _model(keras, scaled)
         actual = _update(model, train)
