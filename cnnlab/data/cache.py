@@ -156,11 +156,13 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], pr
                 put) -> dict[int, str]:
     """Decode every file in order, handing each chunk of rows to `put(start, rows)`, on every core.
 
-    Chunks of files decode in worker processes, forked: for small files (MNIST-sized PNGs)
-    the cost is Python's own, and threads contending for the GIL were slower than one thread
-    (measured). Where TensorFlow is already imported (a second run in one process), a fork
-    could inherit its locks mid-use, so photos decode in threads (Pillow releases the GIL
-    while it decodes a large JPEG) and small files in this thread.
+    Photos (files over _LARGE_FILE on average) decode in threads: Pillow releases the GIL while
+    it decodes and resizes them, and a worker process would send every decoded row back
+    through a pipe (on 2 cores, threads took 0.35 s for hymenoptera's 245 photos at 224x224,
+    forked processes 0.85 s, one thread 0.7 s). Small files (MNIST-sized PNGs) decode in worker
+    processes, forked: their cost is Python's own, and threads contending for the GIL were
+    slower than one thread (measured). Where TensorFlow is already imported (a second run in
+    one process), a fork could inherit its locks mid-use, so small files decode in this thread.
     """
     from cnnlab.preprocess import open_image  # noqa: F401  (imported here, before workers fork)
 
@@ -171,10 +173,10 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], pr
     chunks = [(start, min(total, start + size)) for start in range(0, total, size)]
     sizes = [size for _, size, _ in fingerprint if size > 0]
     pool: Executor | None = None
-    if cores > 1 and len(chunks) > 1 and "tensorflow" not in sys.modules and "fork" in mp.get_all_start_methods():
+    if cores > 1 and len(chunks) > 1 and sizes and sum(sizes) / len(sizes) > _LARGE_FILE:
+        pool = ThreadPoolExecutor(max_workers=cores)  # photos: no rows pickled back from other processes
+    elif cores > 1 and len(chunks) > 1 and "tensorflow" not in sys.modules and "fork" in mp.get_all_start_methods():
         pool = ProcessPoolExecutor(max_workers=min(cores, len(chunks)), mp_context=mp.get_context("fork"))
-    elif cores > 1 and sizes and sum(sizes) / len(sizes) > _LARGE_FILE:
-        pool = ThreadPoolExecutor(max_workers=cores)
     work = [(manifest.root, manifest.files[a:b], spec) for a, b in chunks]
     bar = progress(total, f"decoding {total:,} images ...") if progress else nullcontext(lambda n: None)
     with bar as update, pool or nullcontext():
