@@ -56,7 +56,8 @@ from cnnlab.config import (
     value_at,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.study_storage import BEST_CONFIG, FIGURES, STUDY_DB, TRIALS_CSV, default_storage, open_storage, shown
+from cnnlab.study_figures import write_figures
+from cnnlab.study_storage import BEST_CONFIG, STUDY_DB, TRIALS_CSV, default_storage, open_storage, shown
 
 Echo = Callable[[str], None]
 STORAGE_ENV = "CNNLAB_TUNE_STORAGE"  # --storage's default, so a password stays out of argv and shell history
@@ -566,54 +567,6 @@ def write_study_files(study, folder: Path, search: Search, echo: Echo) -> None:
 def _choice_value(search: Search, key: str, value):
     space = search.tune.space[key]
     return space.choice[value] if space.choice is not None and _unhashable(space.choice) else value
-
-
-def write_figures(study, folder: Path, objective: str) -> list[str]:
-    """Optuna's matplotlib figures as PNGs; a figure the study cannot have yet (too few trials) is left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as views
-    from matplotlib.ticker import NullFormatter
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return []
-    figures = {"history.png": lambda: views.plot_optimization_history(study, target_name=objective),
-               "intermediate.png": lambda: views.plot_intermediate_values(study),
-               "slice.png": lambda: views.plot_slice(study, target_name=objective),
-               "parallel.png": lambda: views.plot_parallel_coordinate(study, target_name=objective)}
-    if len(complete) >= 2:
-        figures["importances.png"] = lambda: views.plot_param_importances(study, target_name=objective)
-    written = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in FIGURES:
-            if name not in figures:
-                continue
-            try:
-                axes = figures[name]()
-            except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances of a parameter never varied
-                continue
-            many = list(axes.flat) if hasattr(axes, "flat") else [axes]
-            figure = many[0].figure
-            if name == "intermediate.png":  # Optuna's steps are cnnlab's epochs
-                many[0].set_xlabel("epoch")
-                many[0].set_ylabel(objective)
-            for ax in many:  # a log axis' minor labels (3x10^-4, 4x10^-4, ...) run into each other
-                if ax.get_xscale() == "log":
-                    ax.xaxis.set_minor_formatter(NullFormatter())
-            keys = len(study.best_trial.params)
-            # a panel (slice) or an axis (parallel coordinates) per key, and room for the colour bar
-            width = {"slice.png": 3.5 * keys + 1.5, "parallel.png": 1.6 * keys + 3}.get(name, 8)
-            figure.set_size_inches(max(figure.get_size_inches()[0], width, 8), max(figure.get_size_inches()[1], 5))
-            with rundir.atomic_path(folder / name, suffix=".png") as tmp:
-                figure.savefig(tmp, dpi=100, bbox_inches="tight")
-            plt.close(figure)
-            written.append(name)
-    return written
 
 
 # --- show ---------------------------------------------------------------------------
