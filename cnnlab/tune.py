@@ -57,7 +57,15 @@ from cnnlab.config import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.study_figures import write_figures
-from cnnlab.study_storage import BEST_CONFIG, STUDY_DB, TRIALS_CSV, default_storage, open_storage, shown
+from cnnlab.study_storage import (
+    BEST_CONFIG,
+    STUDY_DB,
+    TRIALS_CSV,
+    default_storage,
+    open_storage,
+    shown,
+    storage_errors,
+)
 
 Echo = Callable[[str], None]
 STORAGE_ENV = "CNNLAB_TUNE_STORAGE"  # --storage's default, so a password stays out of argv and shell history
@@ -290,19 +298,19 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
     except OSError as exc:
         raise CnnlabError(f"{folder}: cannot create the study folder ({exc.strerror}).") from None
     store = store or open_storage(url)
-    optuna_study = open_study(search, name, store, url, force_new)
-    _fail_dead_trials(optuna_study, echo)
-    echo(f"study {name} in {shown(url)}: {search.direction} {search.tune.objective}, "
-         f"{_finished(optuna_study)} of {search.tune.trials or 'unlimited'} trials finished; trials in {folder}/")
-    helpers = _start_workers(workers - 1, config, overrides, trials, timeout, url, name, runs_dir, device)
-    try:
-        status = _search(search, optuna_study, folder, device, data, echo)
-    finally:
-        for helper in helpers:
-            helper.wait()
-    write_study_files(optuna_study, folder, search, echo)
-    best = _best(optuna_study)
-    return TuneResult(folder, name, shown(url), _finished(optuna_study), best, status)
+    with storage_errors(url):  # a database damaged, read-only or locked: one line naming it
+        optuna_study = open_study(search, name, store, url, force_new)
+        _fail_dead_trials(optuna_study, echo)
+        echo(f"study {name} in {shown(url)}: {search.direction} {search.tune.objective}, "
+             f"{_finished(optuna_study)} of {search.tune.trials or 'unlimited'} trials finished; trials in {folder}/")
+        helpers = _start_workers(workers - 1, config, overrides, trials, timeout, url, name, runs_dir, device)
+        try:
+            status = _search(search, optuna_study, folder, device, data, echo)
+        finally:
+            for helper in helpers:
+                helper.wait()
+        write_study_files(optuna_study, folder, search, echo)
+        return TuneResult(folder, name, shown(url), _finished(optuna_study), _best(optuna_study), status)
 
 
 def _read_data(search: Search) -> dict:
@@ -574,8 +582,6 @@ def _choice_value(search: Search, key: str, value):
 
 def show(study: str, storage: str | None = None, runs_dir: str | Path = "runs") -> str:
     """The trials table and the best trial of a stored study, as text; nothing is trained."""
-    import optuna
-
     _quiet_optuna()
     given = Path(study)
     if storage is None:
@@ -587,6 +593,13 @@ def show(study: str, storage: str | None = None, runs_dir: str | Path = "runs") 
     else:
         url, name, folder = storage, given.name, Path(runs_dir) / given.name
     store = open_storage(url)
+    with storage_errors(url):
+        return _show_text(store, url, name, study, folder)
+
+
+def _show_text(store, url: str, name: str, study: str, folder: Path) -> str:
+    import optuna
+
     names = [summary.study_name for summary in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if name not in names:
         raise CnnlabError(f"--show {study}: {shown(url)} has no study named {name!r}"
