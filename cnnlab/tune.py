@@ -585,7 +585,9 @@ def show(study: str, storage: str | None = None, runs_dir: str | Path = "runs") 
     _quiet_optuna()
     given = Path(study)
     if storage is None:
-        folder = given if (given / STUDY_DB).exists() else Path(runs_dir) / study
+        # a path (runs/tiny, ./tiny) is the folder itself; a bare name is a folder under runs_dir
+        path_given = (given / STUDY_DB).exists() or "/" in study or os.sep in study
+        folder = given if path_given else Path(runs_dir) / study
         if not (folder / STUDY_DB).exists():
             raise CnnlabError(f"--show {study}: no study there ({folder / STUDY_DB} does not exist); give the study's "
                               "folder (runs/<study>) or its name with --storage URL.")

@@ -170,3 +170,18 @@ def test_tune_on_a_database_it_cannot_write_is_one_line(runner, tmp_path, monkey
     for text in expected:
         assert text in line, line
 
+
+
+@pytest.mark.parametrize("given, tried", [
+    pytest.param("runs/nope", "runs/nope/study.db", id="a folder under runs/"),
+    pytest.param("nope", "runs/nope/study.db", id="a bare name"),
+    pytest.param("elsewhere/studies/nope", "elsewhere/studies/nope/study.db", id="a folder elsewhere"),
+    pytest.param("./nope", "nope/study.db", id="a folder here"),
+])
+def test_show_of_a_missing_study_names_the_file_it_looked_for(runner, tmp_path, monkeypatch, given, tried):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["tune", "--show", given])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output)
+    assert f"no study there ({tried} does not exist)" in line, line
+    assert "runs/runs" not in line
