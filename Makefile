@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cpu,test,fast-png]'
+	$(BIN)/pip install --quiet -e '.[cpu,test,fast-png,mlflow]'
 	touch $@
 
 train: install

@@ -6,6 +6,7 @@
 - `ResumableEarlyStopping`, `ResumableReduceLROnPlateau`: Keras' own, which a resumed run
   starts with the counters the interrupted run had.
 - `Pruning`: tells an Optuna trial the objective after every epoch; stops a pruned trial.
+- `TrackEpochs`: hands each recorded epoch to MLflow tracking (`cnnlab.track`).
 
 This module imports Keras at its top: import it only once `cnnlab.backend.init_backend`
 has started TensorFlow (inside the functions that train).
@@ -291,3 +292,30 @@ class Pruning(keras.callbacks.Callback):
         if epoch + 1 < self.epochs and self.trial.should_prune():
             self.pruned_at = epoch + 1
             self.model.stop_training = True
+
+
+class TrackEpochs(keras.callbacks.Callback):
+    """After every epoch, hands the history rows the `RunRecorder` has recorded since to `send`.
+
+    It reads the recorder's own list, so it sends exactly the epochs written to the run directory
+    (an epoch the `DivergenceGuard` stopped is not one); put it after the recorder. `send` only
+    queues them (`cnnlab.track.Tracker.epochs`), so the epoch does not wait for a tracking server.
+
+    Args:
+        rows: the `RunRecorder`'s rows (the finished epochs, appended to in place).
+        send: called with the list of new rows.
+
+    Example:
+        rows = []
+        model.fit(x, y, epochs=3, callbacks=[RunRecorder(run_dir, rows, stop, "loss", "min"),
+                                             TrackEpochs(rows, print)])
+    """
+
+    def __init__(self, rows: list[dict], send: Callable[[list[dict]], None]):
+        super().__init__()
+        self.rows, self.send, self.sent = rows, send, 0  # a resumed run's earlier epochs go to its new MLflow run too
+
+    def on_epoch_end(self, epoch, logs=None):
+        if len(self.rows) > self.sent:
+            self.send(self.rows[self.sent:])
+            self.sent = len(self.rows)

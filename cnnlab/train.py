@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from cnnlab import distribute, rundir
+from cnnlab import distribute, rundir, track
 from cnnlab.backend import StopRequest, environment, init_backend, step
 from cnnlab.compile import compile_model, make_loss, monitor_mode, schedule_callbacks
 from cnnlab.config import Config, apply_override, read_run_config, validate_config
@@ -81,6 +81,7 @@ class Hooks:
         stop: the caller's own `StopRequest`, entered around all its runs: a Ctrl-C that lands
             between two fits (scoring, the caller's bookkeeping) is kept for it to see, and one
             that lands before a fit stops that fit at its first batch.
+        track: a study's MLflow run (`cnnlab.track.Tracker`): the run, if tracked, is its child.
     """
 
     callbacks: list = field(default_factory=list)
@@ -88,6 +89,7 @@ class Hooks:
     export_tflite: bool = True
     report: bool = True
     stop: StopRequest | None = None
+    track: track.Tracker | None = None
 
 
 def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device: str = "auto",
@@ -284,8 +286,11 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     interactive = keras.config.is_interactive_logging_enabled()
     if quiet:  # Keras' progress bars and messages go to absl logging, which shows only warnings
         keras.config.disable_interactive_logging()
+    hooks = hooks or Hooks()
+    tracker = track.start(cfg, run_dir, rundir.read_json(run_dir / rundir.RUN)["config_source"], hooks.track,
+                          dist is None or dist.chief, echo)
     try:
-        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks or Hooks())
+        return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks, tracker)
     except KeyboardInterrupt:
         interrupted(cfg, run_dir, rows, echo, phase_change=phase_change(cfg),
                     marked=lambda: _report(run_dir, None, echo))
@@ -302,11 +307,12 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
             keras.config.enable_interactive_logging()
         if dist is not None:
             dist.close()  # a non-chief worker's private folder
+        track.finish(tracker)  # as run.json says the run ended
 
 
 def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
                      rows: list[dict], quiet: bool, start: StartingWeights | None,
-                     dist: distribute.Distributed | None, hooks: Hooks) -> TrainResult:
+                     dist: distribute.Distributed | None, hooks: Hooks, tracker: track.Tracker | None) -> TrainResult:
     keras, device_name = backend
     say = _info(echo, quiet)
     history = list(rows)
@@ -368,7 +374,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    callbacks += hooks.callbacks
+    callbacks += hooks.callbacks + track.callbacks_for(tracker, rows)
     validation = None
     if splits.x_val is not None:
         validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg, splits.x_val.sample_shape))

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cnnlab import rundir
+from cnnlab import rundir, track
 from cnnlab.compile import monitor_mode
 from cnnlab.config import (
     Config,
@@ -304,13 +304,19 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
         echo(f"study {name} in {shown(url)}: {search.direction} {search.tune.objective}, "
              f"{_finished(optuna_study)} of {search.tune.trials or 'unlimited'} trials finished; trials in {folder}/")
         helpers = _start_workers(workers - 1, config, overrides, trials, timeout, url, name, runs_dir, device)
+        tracker = track.start_study(search.cfg, folder, search.source, name, echo)  # None without `track:`
+        status, best = "failed", None
         try:
-            status = _search(search, optuna_study, folder, device, data, echo)
+            try:
+                status = _search(search, optuna_study, folder, device, data, echo, tracker)
+            finally:
+                for helper in helpers:
+                    helper.wait()
+            write_study_files(optuna_study, folder, search, echo)
+            best = _best(optuna_study)
         finally:
-            for helper in helpers:
-                helper.wait()
-        write_study_files(optuna_study, folder, search, echo)
-        return TuneResult(folder, name, shown(url), _finished(optuna_study), _best(optuna_study), status)
+            track.finish_study(tracker, status, search.tune.objective, best, _finished(optuna_study))
+        return TuneResult(folder, name, shown(url), _finished(optuna_study), best, status)
 
 
 def _read_data(search: Search) -> dict:
@@ -346,7 +352,8 @@ def _start_workers(count: int, config, overrides, trials, timeout, url: str, nam
     return [subprocess.Popen(argv, env=env) for _ in range(count)]
 
 
-def _search(search: Search, study, folder: Path, device: str, data: dict, echo: Echo) -> str:
+def _search(search: Search, study, folder: Path, device: str, data: dict, echo: Echo,
+            tracker: track.Tracker | None = None) -> str:
     """Ask, train, tell, until the study has its trials; one progress line per trial."""
     from cnnlab.backend import StopRequest, init_backend
 
@@ -359,11 +366,11 @@ def _search(search: Search, study, folder: Path, device: str, data: dict, echo: 
     # failed, its run resumable); one between fits (scoring, Optuna's writes) lets the trial
     # in hand finish and starts no other. Left to Python, the latter could be lost.
     with StopRequest() as stop:
-        return _trials(search, study, folder, device, keras, data, echo, seed, stop)
+        return _trials(search, study, folder, device, keras, data, echo, seed, stop, tracker)
 
 
 def _trials(search: Search, study, folder: Path, device: str, keras, data: dict, echo: Echo, seed: int,
-            stop) -> str:
+            stop, tracker: track.Tracker | None = None) -> str:
     """The loop of `_search`: its status is completed, timeout or interrupted."""
     from optuna.trial import TrialState
 
@@ -385,7 +392,7 @@ def _trials(search: Search, study, folder: Path, device: str, keras, data: dict,
         # study state) still draw different ones (TPE's own state is the study in the storage).
         study.sampler = _sampler(tune, seed + trial.number)
         try:
-            state = _run_trial(search, study, trial, folder, device, keras, data, echo, stop)
+            state = _run_trial(search, study, trial, folder, device, keras, data, echo, stop, tracker)
         except BaseException:  # a second Ctrl-C, or a bug: a trial not yet told never counts as complete
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
@@ -402,7 +409,7 @@ def _trials(search: Search, study, folder: Path, device: str, keras, data: dict,
 
 
 def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, data: dict, echo: Echo,
-               stop) -> str:
+               stop, tracker: track.Tracker | None = None) -> str:
     """Train one trial into its run directory and tell Optuna how it ended (complete, pruned, failed)."""
     from optuna.trial import TrialState
 
@@ -422,7 +429,7 @@ def _run_trial(search: Search, study, trial, folder: Path, device: str, keras, d
         # the data is read once for all trials; no model.tflite (predict runs a trial's best.keras with Keras)
         result = train(cfg, search.source, runs_dir=folder, device=device, echo=lambda line: None, quiet=True,
                        hooks=Hooks(callbacks=[pruning], data=data, export_tflite=False, report=False,
-                                   stop=stop))
+                                   stop=stop, track=tracker))
     except CnnlabError as exc:  # these values cannot train (diverged, too large for memory): the search goes on
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)

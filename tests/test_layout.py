@@ -107,7 +107,7 @@ def test_the_stages_come_in_order():
                 todo.extend(graph[node])
         return False
 
-    for low in ("cnnlab.backend", "cnnlab.litert", "cnnlab.rundir", "cnnlab.errors", "cnnlab.loop"):
+    for low in ("cnnlab.backend", "cnnlab.litert", "cnnlab.rundir", "cnnlab.errors", "cnnlab.loop", "cnnlab.track"):
         for stage in ("cnnlab.config", "cnnlab.model", "cnnlab.checkpoint", "cnnlab.train", "cnnlab.export"):
             assert not reaches(low, stage), f"{low} (the ground floor) imports the stage {stage}"
     assert not reaches("cnnlab.checkpoint", "cnnlab.train") and not reaches("cnnlab.checkpoint", "cnnlab.export")

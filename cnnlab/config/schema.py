@@ -558,6 +558,25 @@ class TuneSection(Section):
     space: Annotated[dict[str, SearchRange], BeforeValidator(_search_space), Field(min_length=1)]
 
 
+class MlflowSection(Section):
+    """Where a run is logged in MLflow (`cnnlab.track`).
+
+    uri: the tracking store: a team's `mlflow server` (http://host:5000) or a database URL; default:
+        MLFLOW_TRACKING_URI where it is set (MLflow's own convention), else the SQLite file
+        <runs folder>/mlflow.db.
+    experiment: the experiment the run goes into (made when missing); default: the config's name.
+    """
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    experiment: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+
+
+class TrackSection(Section):
+    """Where runs are logged besides their run directory: `track: {mlflow: {}}` logs to MLflow's defaults."""
+
+    mlflow: MlflowSection
+
+
 class Config(Section):
     name: RunName
     seed: int = 42
@@ -565,6 +584,7 @@ class Config(Section):
     model: ModelSection
     train: TrainSection = TrainSection()
     tune: TuneSection | None = None  # the search of `cnnlab tune`; `cnnlab train` ignores it
+    track: TrackSection | None = None  # MLflow tracking (`pip install 'cnnlab[mlflow]'`); null: none
 
     def one_hot_labels(self) -> bool:
         """Whether targets are one-hot vectors (vs integer class ids).
@@ -581,7 +601,8 @@ class Config(Section):
         return True
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", exclude={"tune"} if self.tune is None else None)  # no `tune: null`
+        unset = {key for key in ("tune", "track") if getattr(self, key) is None}
+        data = self.model_dump(mode="json", exclude=unset or None)  # no `tune: null`
         return yaml.dump(data, Dumper=YamlDumper, sort_keys=False)
 
 
