@@ -57,10 +57,10 @@ STATUS = {"completed": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED
           "failed": "FAILED"}
 # the run directory's files that go to the run's artifacts (the PNGs too)
 ARTIFACTS = (rundir.CONFIG, "report.html", rundir.METRICS, rundir.HISTORY_CSV, rundir.DATA, rundir.ENVIRONMENT)
-# A server that does not answer fails in seconds, not after MLflow's ~4 minutes of retries (7, doubling);
-# a user's own settings of these win.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+# A server that does not answer fails in seconds, not after MLflow's ~4 minutes of retries (7, doubling),
+# and the client prints no "View run ... at" lines of its own into cnnlab's output; a user's own settings win.
+MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 FINISH_TIMEOUT = 120.0  # seconds `finish` waits for the queue; a store slower than that loses the rest
 MAX_BATCH = 100  # params or metrics in one log_batch request (MLflow's limit for params)
 _NAME_CHARS = re.compile(r"[^\w.\- /:]")  # what MLflow refuses in a param or metric name
@@ -175,7 +175,7 @@ class Tracker:
         self._last_step = 0
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs.put(lambda: self._open(experiment, run_name, params, tags))
-        self._thread = threading.Thread(target=self._work, name="cnnlab-mlflow", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=THREAD, daemon=True)
         self._thread.start()
 
     # --- what the training thread calls (each only queues work) ---
@@ -218,13 +218,14 @@ class Tracker:
                     self._opened.set()
 
     def _open(self, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
-        for name, value in HTTP_DEFAULTS.items():
+        for name, value in MLFLOW_DEFAULTS.items():
             os.environ.setdefault(name, value)
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
             logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_retries()
         self._client = client = MlflowClient(tracking_uri=self.uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -264,6 +265,21 @@ class Tracker:
             if path.is_file():
                 self._client.log_artifact(self.run_id, str(path))
         self._client.set_terminated(self.run_id, status)
+
+
+THREAD = "cnnlab-mlflow"
+
+
+def _from_this_thread(record: logging.LogRecord) -> bool:
+    return record.threadName != THREAD
+
+
+def _quiet_retries() -> None:
+    """urllib3's "Retrying (...) after connection broken" lines, for the tracker's own requests only:
+    a failing server is the one warning line, and other code's retries still show."""
+    pool = logging.getLogger("urllib3.connectionpool")
+    if _from_this_thread not in pool.filters:
+        pool.addFilter(_from_this_thread)
 
 
 class _Skip(Exception):

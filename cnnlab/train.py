@@ -374,7 +374,7 @@ def _train_and_score(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Pat
     callbacks += schedule_callbacks(keras, cfg, steps_per_epoch, history)
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    callbacks += hooks.callbacks + track.callbacks_for(tracker, rows)
+    callbacks += track.callbacks_for(tracker, rows) + hooks.callbacks  # the epoch is queued for MLflow first
     validation = None
     if splits.x_val is not None:
         validation = ordered_batches(splits.x_val, splits.y_val, eval_batch(cfg, splits.x_val.sample_shape))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -190,6 +192,61 @@ def server(served_run, tmp_path_factory):
     running = Server(served_run, tmp_path_factory.mktemp("server") / "serve.log", "--max-upload-mb", "1")
     yield running
     running.stop()
+
+
+# --- a throw-away PostgreSQL cluster (tests/test_tune_postgres.py, tests/test_track.py) ------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_PASSWORD = "tune-secret-7"
+
+
+def _as_postgres(*argv: str, **kwargs):
+    import subprocess
+
+    command = [*argv] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(command, capture_output=True, text=True, check=True, **kwargs)
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A PostgreSQL 15 cluster of its own, listening on 127.0.0.1 and a free port: its URL, then it is gone.
+
+    Debian's PostgreSQL (`make test` installs the package when it is missing): initdb and pg_ctl run
+    as the `postgres` user (the tests run as root, and PostgreSQL refuses to run as root) in a
+    temporary folder that user owns, with a password; stopped and removed afterwards.
+    """
+    import pwd
+    import shutil
+    import tempfile
+
+    if not (PG_BIN / "initdb").is_file():
+        pytest.fail(f"{PG_BIN}/initdb not found: install Debian's postgresql package (make test-system)")
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-pg-"))  # not under pytest's root-only tmp: postgres must enter
+    try:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(folder, user.pw_uid, user.pw_gid)
+        (folder / "pw").write_text(PG_PASSWORD + "\n")
+        if os.geteuid() == 0:
+            os.chown(folder / "pw", user.pw_uid, user.pw_gid)
+        data, port = folder / "data", free_port()
+        _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "cnnlab", f"--pwfile={folder / 'pw'}",
+                     "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync")
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60",
+                     "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+        try:
+            yield f"postgresql+psycopg2://cnnlab:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+        finally:
+            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url():
+    """The URL of a throw-away PostgreSQL cluster (`postgres_cluster`) for one test."""
+    with postgres_cluster() as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,58 +1,19 @@
 """Two `cnnlab tune` processes share one study through a real PostgreSQL server.
 
-The fixture makes a throw-away cluster with Debian's PostgreSQL 15 (`make test` installs the
-package when it is missing): initdb and pg_ctl run as the `postgres` user (the tests run as root,
-and PostgreSQL refuses to run as root) in a temporary folder that user owns, listening on
-127.0.0.1 and a free port with a password; it is stopped and removed afterwards.
+The `postgres_url` fixture (tests/conftest.py) makes a throw-away cluster with Debian's PostgreSQL 15,
+listening on 127.0.0.1 and a free port with a password; it is stopped and removed afterwards.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import pytest
 from test_tune import tiny_study, trials_csv, write
 
-from conftest import REPO, free_port, needs_data
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PASSWORD = "tune-secret-7"
-
-
-def _as_postgres(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    command = [*argv] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *argv]
-    return subprocess.run(command, capture_output=True, text=True, check=True, **kwargs)
-
-
-@pytest.fixture
-def postgres_url():
-    if not (PG_BIN / "initdb").is_file():
-        pytest.fail(f"{PG_BIN}/initdb not found: install Debian's postgresql package (make test-system)")
-    folder = Path(tempfile.mkdtemp(prefix="cnnlab-pg-"))  # not under pytest's root-only tmp: postgres must enter
-    try:
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(folder, user.pw_uid, user.pw_gid)
-        (folder / "pw").write_text(PASSWORD + "\n")
-        if os.geteuid() == 0:
-            os.chown(folder / "pw", user.pw_uid, user.pw_gid)
-        data, port = folder / "data", free_port()
-        _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "cnnlab", f"--pwfile={folder / 'pw'}",
-                     "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync")
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60",
-                     "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
-        try:
-            yield f"postgresql+psycopg2://cnnlab:{PASSWORD}@127.0.0.1:{port}/postgres"
-        finally:
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+from conftest import PG_PASSWORD as PASSWORD
+from conftest import REPO, needs_data
 
 
 @needs_data
