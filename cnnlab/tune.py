@@ -153,11 +153,14 @@ def _fill_defaults(base: dict, resolved: dict, parts: list) -> None:
 
 
 def _check_key(source: Path, base: dict, resolved: dict, key: str, search: SearchRange) -> None:
-    """The key exists in the config, holds a number where a range is given, and takes every value tried."""
+    """The key exists in the config (or --set takes it), holds a number where a range is given, and
+    every value tried (each choice, a range's ends) makes a config that can train."""
+    from cnnlab.model import check_model
+
     where = f"{source}: tune.space: {key}"
-    current = value_at(resolved, key, where)
+    current = value_at(resolved, key, where, null_ok=True)  # null by default (train.lr_schedule): as --set
     if search.choice is None:
-        if isinstance(current, bool) or not isinstance(current, (int, float)):
+        if current is not None and (isinstance(current, bool) or not isinstance(current, (int, float))):
             kind = "int" if search.int_range is not None else "float"
             raise CnnlabError(f"{where}: is {current!r} in this config, not a number, so it takes no {kind} range; "
                               "give a choice list instead, e.g. {choice: [...]}.")
@@ -166,9 +169,14 @@ def _check_key(source: Path, base: dict, resolved: dict, key: str, search: Searc
         values = search.choice
     for value in values:  # the ends of a range, every choice: each must make a valid config
         try:
-            trial_config(base, {key: value}, source, "check")
+            cfg = trial_config(base, {key: value}, source, "check")
         except CnnlabError as exc:
             raise CnnlabError(f"{where}: the value {value!r} does not make a valid config: "
+                              f"{str(exc).removeprefix(f'{source}: ')}") from None
+        try:  # and one that can train: its data, shapes and memory, as train checks them (no TensorFlow)
+            check_model(cfg, str(source))
+        except CnnlabError as exc:
+            raise CnnlabError(f"{where}: the value {value!r} can never train, so no trial of it would: "
                               f"{str(exc).removeprefix(f'{source}: ')}") from None
 
 

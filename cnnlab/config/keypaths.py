@@ -54,11 +54,17 @@ def parse_key_path(key: str, where: str) -> list[str | int]:
     return [int(index) if index else (int(name) if name.isdigit() else name) for name, index in _PATH_PART.findall(key)]
 
 
-def value_at(data: dict, key: str, where: str) -> Any:
-    """The value at a key path such as `model.layers[1].units` (a CnnlabError if it does not exist)."""
+def value_at(data: dict, key: str, where: str, null_ok: bool = False) -> Any:
+    """The value at a key path such as `model.layers[1].units` (a CnnlabError if it does not exist).
+
+    With `null_ok`, a key the data holds as null (a resolved config's `train.lr_schedule`,
+    `data.image_size`) is None, and so is any path below it: `--set` takes those paths, and the
+    schema, not the data, says whether what is set there is valid."""
     parts = parse_key_path(key, where)
     node: Any = data
     for depth, part in enumerate(parts):
+        if null_ok and isinstance(node, dict) and part in node and node[part] is None:
+            return None
         node = _step(node, part, parts[: depth + 1], where, create=False)
     return node
 
