@@ -481,7 +481,7 @@ MODEL_CASES = [
     ("folder that is not a run", lambda d: (d / "folder").mkdir() or d / "folder", ["folder", "not a cnnlab run directory"]),
     ("a config file", lambda d: _write(d / "cnn.yaml", "name: cnn\n"), ["cnn.yaml", "is a config file", "cnnlab train"]),
     ("a config file named .yml", lambda d: _write(d / "My Net.YML", "name: x\n"),
-     ["My Net.YML", "is a config file", "cnnlab train 'My Net.YML'"]),
+     ["My Net.YML", "is a config file", "cnnlab train '", "/My Net.YML'"]),
 ]
 
 
