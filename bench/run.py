@@ -44,6 +44,7 @@ import data_figures
 import scale_figures
 import serve_figures
 import speed_figures
+import track_figures
 import transfer_figures
 import tune_figures
 from harness import (
@@ -70,7 +71,8 @@ SHORT_TIMEOUT = 300  # seconds for predict and --help
 CORE_SECTIONS = ("help", "throughput", "time_to_accuracy", "predict")  # measured here, by Bench
 # each later group of figures: its own module with TITLE, measure(bench) and rows(results)
 FIGURE_MODULES = {"own_data": data_figures, "speed": speed_figures, "serve": serve_figures, "scale": scale_figures,
-                  "tune": tune_figures, "photos": transfer_figures}
+                  "tune": tune_figures, "photos": transfer_figures,
+                  "track": track_figures}
 
 
 class Bench:
