@@ -12,6 +12,20 @@ from pathlib import Path
 from cnnlab import rundir
 from cnnlab.study_storage import FIGURES
 
+FEW_TRIALS = 10  # complete trials below which parameter importances are only a rough guide
+
+
+def _readable(ax, integer_x: bool, locator) -> None:
+    """A white background with a light grid, a colour map with no white end (Optuna's Blues drew its
+    lightest trials white on ggplot's grey), whole trial numbers on a trial or epoch axis."""
+    ax.set_facecolor("white")
+    ax.grid(True, color="#dddddd")
+    for artist in ax.collections:
+        if artist.get_array() is not None:
+            artist.set_cmap("viridis")
+    if integer_x:
+        ax.xaxis.set_major_locator(locator(integer=True))
+
 
 def write_figures(study, folder: Path, objective: str) -> list[str]:
     """Optuna's matplotlib figures as PNGs; a figure the study cannot have yet (too few trials) is left out."""
@@ -20,7 +34,7 @@ def write_figures(study, folder: Path, objective: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as views
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import MaxNLocator, NullFormatter
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -50,6 +64,19 @@ def write_figures(study, folder: Path, objective: str) -> list[str]:
             for ax in many:  # a log axis' minor labels (3x10^-4, 4x10^-4, ...) run into each other
                 if ax.get_xscale() == "log":
                     ax.xaxis.set_minor_formatter(NullFormatter())
+                _readable(ax, integer_x=name in ("history.png", "intermediate.png"), locator=MaxNLocator)
+            for ax in figure.axes:  # the colour bar of trial numbers too
+                if ax.get_ylabel() == "Trial":
+                    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if name == "importances.png" and len(complete) < FEW_TRIALS:
+                many[0].set_title(f"{many[0].get_title(loc='left')}: from only {len(complete)} trials, a rough "
+                                  f"guide, not a ranking (trust it from ~{FEW_TRIALS})", loc="left")
+            if name == "parallel.png":  # Optuna cuts long key names ("model.layers[1].u..."): the whole key
+                keys_by_prefix = sorted(study.best_trial.params)
+                labels = [text.get_text() for text in many[0].get_xticklabels()]
+                whole = [next((key for key in keys_by_prefix if label.endswith("...")
+                               and key.startswith(label[:-3])), label) for label in labels]
+                many[0].set_xticks(many[0].get_xticks(), whole, rotation=20, ha="right")
             keys = len(study.best_trial.params)
             # a panel (slice) or an axis (parallel coordinates) per key, and room for the colour bar
             width = {"slice.png": 3.5 * keys + 1.5, "parallel.png": 1.6 * keys + 3}.get(name, 8)

@@ -345,3 +345,27 @@ def test_workers_share_the_sqlite_study(tmp_path):
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'runs' / 'tiny' / 'study.db'}")
     assert len({trial.user_attrs["worker"]["pid"] for trial in study.trials}) == 2  # this process and one more
+
+
+def test_a_small_studys_figures_have_whole_trial_numbers_and_no_white_trials():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    import optuna.visualization.matplotlib as views
+    from matplotlib.ticker import MaxNLocator
+
+    from cnnlab.study_figures import _readable
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: trial.suggest_float("train.optimizer.learning_rate", 1e-4, 1e-1, log=True),
+                   n_trials=4)
+    history = views.plot_optimization_history(study)
+    _readable(history, integer_x=True, locator=MaxNLocator)
+    ticks = [tick for tick in history.get_xticks() if history.get_xlim()[0] <= tick <= history.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+    panel = views.plot_slice(study)  # one key: one panel
+    _readable(panel, integer_x=False, locator=MaxNLocator)
+    assert panel.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    coloured = [artist for artist in panel.collections if artist.get_array() is not None]
+    assert coloured and all(artist.get_cmap().name == "viridis" for artist in coloured)  # no white end
