@@ -144,15 +144,31 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def healthy_after(process, url: str, timeout: float, interval: float) -> float | None:
+    """Seconds until the server `process` started answers `GET url/health` with 200; None if it
+    exits first or `timeout` passes."""
+    import time
+
+    import httpx
+
+    start = time.monotonic()
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() - start > timeout:
+            return None
+        time.sleep(interval)
+
+
 class Server:
     """A `cnnlab serve` process on 127.0.0.1: its URL, its process, its log (stdout and stderr)."""
 
     def __init__(self, run: Path, log: Path, *options: str):
         import subprocess
         import sys
-        import time
-
-        import httpx
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -162,18 +178,10 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cnnlab", "serve", str(run), "--port", str(self.port), *options],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
-        start = time.monotonic()
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() - start > 60:
-                self.stop()
-                raise RuntimeError(f"cnnlab serve did not start: {log.read_text()}")
-            time.sleep(0.05)
-        self.ready_after = time.monotonic() - start
+        self.ready_after = healthy_after(self.process, self.url, timeout=60, interval=0.05)
+        if self.ready_after is None:
+            self.stop()
+            raise RuntimeError(f"cnnlab serve did not start: {log.read_text()}")
 
     def log(self) -> str:
         return self.log_path.read_text()

@@ -24,7 +24,7 @@ from cnnlab import rundir, track
 from cnnlab.config import validate_config
 from cnnlab.errors import CnnlabError
 
-from conftest import DATA_DIR, REPO, free_port, needs_data, postgres_cluster, small_dnn
+from conftest import DATA_DIR, REPO, free_port, healthy_after, needs_data, postgres_cluster, small_dnn
 
 pytestmark = needs_data
 
@@ -33,8 +33,6 @@ class MlflowServer:
     """An `mlflow server` process on 127.0.0.1 and a free port, its artifacts in `artifacts`."""
 
     def __init__(self, backend: str, artifacts: Path, log: Path):
-        import httpx
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -43,17 +41,9 @@ class MlflowServer:
                 [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend,
                  "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(self.port),
                  "--workers", "1"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        start = time.monotonic()
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() - start > 120:
-                self.kill()
-                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        if healthy_after(self.process, self.url, timeout=120, interval=0.2) is None:
+            self.kill()
+            raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
 
     def kill(self) -> None:
         """Gone at once, as a crashed server is: the process and its workers (its own process group)."""
