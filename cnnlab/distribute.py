@@ -279,6 +279,11 @@ def check(cfg: Config, source: str) -> None:
         _check_port_free(read_tf_config(os.environ.get("TF_CONFIG")))
 
 
+def chief(cfg: Config) -> bool:
+    """Whether this process is the one that writes the run directory, told before TensorFlow starts."""
+    return cfg.train.distribute != "multi_worker" or read_tf_config(os.environ.get("TF_CONFIG")).chief
+
+
 def start(cfg: Config, source: str, device: str, echo: Callable[[str], None]) -> Distributed | None:
     """Make the strategy of `train.distribute` (None for none); call after init_backend.
 

@@ -17,32 +17,38 @@ The store: `uri`, else MLFLOW_TRACKING_URI (MLflow's own convention), else the S
 takes its old folder store). `mlflow ui --backend-store-uri sqlite:///<runs folder>/mlflow.db`
 shows them.
 
-Everything MLflow does happens in one background thread per run (`Tracker`): importing mlflow
-(~1.5 s of CPU), connecting, every request. Training waits for none of it; `Tracker.finish`
-waits for what is still queued at the end of the run. The first failure (a server that is down,
-or goes away mid-run) costs one warning line, and the rest of that run's logging (and a study's)
-is dropped: tracking never stops a training. A run that does not track never imports mlflow.
+Everything MLflow does happens in a logging process of its own (`Session`, `cnnlab.track_child`),
+one per command, started before TensorFlow imports: importing mlflow (~1.5 s of CPU), opening
+the store, every request. Training waits for none of it and never shares its interpreter lock;
+the run's `finish` waits for what is still queued at the end. The first failure (a server that
+is down, or goes away mid-run) costs one warning line, and the rest of the session's logging is
+dropped: tracking never stops a training. A run that does not track never imports mlflow.
+A resumed run continues its MLflow run (run.json's `mlflow.run_id`) when it is in the same store.
 
 Example:
-    tracker = start(cfg, run_dir, "configs/cnn.yaml")      # None when cfg.track is None
+    session = begin(cfg, "runs")                           # None when cfg.track is None
+    ... import TensorFlow, load the data, make the run directory ...
+    tracker = start(cfg, run_dir, "configs/cnn.yaml", session)
     callbacks = [RunRecorder(...), *callbacks_for(tracker, rows)]
     ...
     finish(tracker)                                        # reads run.json's status and metrics.json
+(`session(...)` is `begin` as a with-block that closes it, for a run that fails before it starts.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
-import logging
 import math
 import os
-import queue
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from cnnlab import rundir
 from cnnlab.study_storage import shown
@@ -63,6 +69,7 @@ MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_
                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 FINISH_TIMEOUT = 120.0  # seconds `finish` waits for the queue; a store slower than that loses the rest
 MAX_BATCH = 100  # params or metrics in one log_batch request (MLflow's limit for params)
+THREAD = "cnnlab-mlflow"  # the thread that reads the logging process's answers
 _NAME_CHARS = re.compile(r"[^\w.\- /:]")  # what MLflow refuses in a param or metric name
 
 
@@ -137,48 +144,137 @@ class OneWarning:
     def __init__(self, say: Echo):
         self.say, self.given = say, False
 
-    def give(self, uri: str, exc: BaseException) -> None:
+    def give(self, uri: str, why: str) -> None:
         if self.given:
             return
         self.given = True
-        lines = str(exc).strip().splitlines()
-        why = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
         self.say(f"warning: MLflow tracking to {shown(uri)} stopped ({why}); training goes on without it")
 
 
-class Tracker:
-    """One MLflow run, fed from a background thread; see the module's docstring.
+class Session:
+    """The logging process (`cnnlab.track_child`) of one cnnlab command, and its answers.
+
+    Started before TensorFlow imports (`begin`); its runs are `Tracker`s. Writing to it never waits
+    for the store: the process reads its input as it arrives. The first failure it reports (or its
+    death) is the one warning line; after that nothing more is sent.
 
     Args:
         uri: the tracking URI (`store_uri`).
-        experiment: the experiment's name (made when missing).
+        experiment: the experiment's name (made when the first run opens, if missing).
+        say: prints the warning line (from the thread that reads the answers).
+    """
+
+    def __init__(self, uri: str, experiment: str, say: Echo):
+        self.uri, self.experiment = uri, experiment
+        self.warning = OneWarning(say)
+        self.failed = False
+        self._run_ids: dict[str, str] = {}
+        self._answered = threading.Condition()
+        self._ended = self._closed = False
+        self._keys = itertools.count()
+        self._runs = 0
+        package = str(Path(__file__).resolve().parent.parent)  # the child imports this very cnnlab
+        env = {**MLFLOW_DEFAULTS, **os.environ,
+               "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
+        # its own process group: a Ctrl-C meant for the training reaches it only as the end of its input
+        self.process = subprocess.Popen([sys.executable, "-m", "cnnlab.track_child", uri, experiment],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        env=env, text=True, encoding="utf-8", process_group=0)
+        self._reader = threading.Thread(target=self._read, name=THREAD, daemon=True)
+        self._reader.start()
+
+    def key(self) -> str:
+        """A new run's name in the messages to the logging process."""
+        self._runs += 1
+        return str(next(self._keys))
+
+    def send(self, **message) -> None:
+        if self.failed:
+            return
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError):  # the process died: `close` says so
+            self.failed = True
+
+    def run_id(self, key: str, timeout: float) -> str | None:
+        """The MLflow run id of run `key` once it exists; None when it failed or took longer than `timeout`."""
+        with self._answered:
+            self._answered.wait_for(lambda: key in self._run_ids or self._ended, timeout)
+            return self._run_ids.get(key)
+
+    def close(self, timeout: float = FINISH_TIMEOUT) -> None:
+        """End the input, wait at most `timeout` for what is still queued to reach the store.
+
+        A session that never opened a run (its data failed to load) is stopped at once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if not self._runs:
+            self.process.kill()
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+            self.warning.give(self.uri, f"the store took over {timeout:.0f} s; the rest was not logged")
+        self._reader.join(10)
+        if code != 0 and self._runs:
+            self.warning.give(self.uri, f"the logging process ended with exit code {code}")
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue
+            if "warning" in answer:
+                self.failed = True
+                self.warning.give(self.uri, answer["warning"])
+            elif "opened" in answer:
+                with self._answered:
+                    self._run_ids[answer["opened"]] = answer["run_id"]
+                    self._answered.notify_all()
+        with self._answered:
+            self._ended = True
+            self._answered.notify_all()
+
+
+class Tracker:
+    """One MLflow run, logged by a `Session`'s process; see the module's docstring.
+
+    Args:
+        session: the logging process.
         run_name: the MLflow run's name (the run directory's name, or the study's).
         params: the flattened config (`flatten`).
         tags: the run's tags.
-        say: prints the warning line.
-        parent: the study's Tracker: this run becomes its child, and shares its one warning.
         folder: the run (or study) directory whose files `finish` logs.
+        parent: the study's Tracker: this run becomes its child.
+        resume: the MLflow run of the cnnlab run being resumed and its epochs so far: it continues
+            there with the epochs after those (when that run is gone, a new run gets them all).
+        owner: the run ends the session when it finishes (a study's trials leave it to the study).
 
     Example:
-        tracker = Tracker("sqlite:///runs/mlflow.db", "cnn", "cnn-20260101-120000", {"seed": "42"}, {}, print)
+        session = Session("sqlite:///runs/mlflow.db", "cnn", print)
+        tracker = Tracker(session, "cnn-20260101-120000", {"seed": "42"}, {}, Path("runs/cnn-20260101-120000"))
         tracker.epochs([{"epoch": 1, "loss": 0.3}])
         tracker.finish("FINISHED", {"test_accuracy": 0.98}, [Path("runs/cnn-20260101-120000/config.yaml")])
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str],
-                 say: Echo, parent: Tracker | None = None, folder: Path | None = None):
-        self.uri, self.experiment, self.folder, self.parent = uri, experiment, folder, parent
-        self.warning = parent.warning if parent is not None else OneWarning(say)
-        self.run_id: str | None = None
-        self._opened = threading.Event()  # set once the run exists, or opening it failed
-        self._failed = False
+    def __init__(self, session: Session, run_name: str, params: dict[str, str], tags: dict[str, str],
+                 folder: Path, parent: Tracker | None = None, resume: tuple[str, int] | None = None,
+                 owner: bool = True):
+        self.session, self.folder, self.owner = session, folder, owner
+        self.uri, self.experiment = session.uri, session.experiment
+        self.key = session.key()
         self._last_step = 0
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._jobs.put(lambda: self._open(experiment, run_name, params, tags))
-        self._thread = threading.Thread(target=self._work, name=THREAD, daemon=True)
-        self._thread.start()
-
-    # --- what the training thread calls (each only queues work) ---
+        session.send(op="open", run=self.key, name=run_name, params=params, tags=tags,
+                     parent=parent.key if parent is not None else None, resume=resume)  # JSON: [id, epochs]
 
     def epochs(self, rows: list[dict]) -> None:
         """Log finished epochs' history rows, each at its epoch as the step."""
@@ -186,127 +282,73 @@ class Tracker:
         batch = [(name, value, stamp, int(row["epoch"])) for row in rows for name, value in epoch_metrics(row).items()]
         if rows:
             self._last_step = max(self._last_step, *(int(row["epoch"]) for row in rows))
-        self._jobs.put(lambda: self._log_metrics(batch))
+        self.session.send(op="metrics", run=self.key, batch=batch)
 
     def finish(self, status: str, metrics: dict[str, float], files: list[Path], tags: dict[str, str] | None = None,
-               timeout: float = FINISH_TIMEOUT) -> None:
-        """Log the final metrics, tags and files, end the run with `status` (FINISHED, KILLED, FAILED); wait."""
+               timeout: float = FINISH_TIMEOUT) -> str | None:
+        """Log the final metrics, tags and files, end the run with `status` (FINISHED, KILLED, FAILED).
+
+        The run that owns the session waits (at most `timeout`) for everything to reach the store.
+        Returns the MLflow run id (None if the run never opened).
+        """
         stamp = int(time.time() * 1000)
-        batch = [(name, value, stamp, self._last_step) for name, value in metrics.items()]
-        self._jobs.put(lambda: self._close(status, batch, files, tags or {}))
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-    def wait_opened(self, timeout: float | None = None) -> str | None:
-        """The MLflow run id once the run exists; None when opening it failed (or took longer than `timeout`)."""
-        self._opened.wait(timeout)
-        return self.run_id
-
-    # --- the background thread ---
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if self._failed:
-                continue
-            try:
-                job()
-            except Exception as exc:  # noqa: BLE001 - any failure of the store costs the run only its tracking
-                self._failed = True
-                self.warning.give(self.uri, exc)
-            finally:
-                if self._failed or self.run_id is not None:
-                    self._opened.set()
-
-    def _open(self, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
-        for name, value in MLFLOW_DEFAULTS.items():
-            os.environ.setdefault(name, value)
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
-            logging.getLogger(name).setLevel(logging.WARNING)
-        _quiet_retries()
-        self._client = client = MlflowClient(tracking_uri=self.uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            try:
-                experiment_id = client.create_experiment(experiment, artifact_location=artifact_location(self.uri))
-            except Exception:  # another process made it in the meantime (a study's workers)
-                found = client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
-        if self.parent is not None:
-            parent_id = self.parent.wait_opened()
-            if parent_id is None:  # the study's run failed and said so: its trials log nothing either
-                raise _Skip()
-            tags = {**tags, "mlflow.parentRunId": parent_id}
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        items = [Param(key, value[:6000]) for key, value in params.items()]
-        for start in range(0, len(items), MAX_BATCH):
-            client.log_batch(run.info.run_id, params=items[start:start + MAX_BATCH], synchronous=True)
-        self.run_id = run.info.run_id
-
-    def _log_metrics(self, batch: list[tuple]) -> None:
-        from mlflow.entities import Metric
-
-        metrics = [Metric(name, value, stamp, step) for name, value, stamp, step in batch
-                   if math.isfinite(value)]
-        for start in range(0, len(metrics), MAX_BATCH * 10):
-            self._client.log_batch(self.run_id, metrics=metrics[start:start + MAX_BATCH * 10], synchronous=True)
-
-    def _close(self, status: str, batch: list[tuple], files: list[Path], tags: dict[str, str]) -> None:
-        self._log_metrics(batch)
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, value, synchronous=True)
-        for path in files:
-            if path.is_file():
-                self._client.log_artifact(self.run_id, str(path))
-        self._client.set_terminated(self.run_id, status)
+        self.session.send(op="close", run=self.key, status=status, tags=tags or {},
+                          batch=[(name, value, stamp, self._last_step) for name, value in metrics.items()],
+                          files=[str(path) for path in files])
+        if self.owner:
+            self.session.close(timeout)
+        return self.session.run_id(self.key, timeout=5)
 
 
-THREAD = "cnnlab-mlflow"
+
+def begin(cfg, runs_dir: str | Path, parent: Tracker | None = None, chief: bool = True,
+          say: Echo = print) -> Session | None:
+    """The logging process of a run about to train under `runs_dir`; start it before TensorFlow imports.
+
+    None when `cfg.track` is None, on a multi_worker run's other workers (only the chief logs),
+    and for a study's trial (`parent`), which its study's session logs.
+    """
+    if cfg.track is None or not chief or parent is not None:
+        return None
+    settings = cfg.track.mlflow
+    return Session(store_uri(settings.uri, runs_dir), settings.experiment or cfg.name, say)
 
 
-def _from_this_thread(record: logging.LogRecord) -> bool:
-    return record.threadName != THREAD
-
-
-def _quiet_retries() -> None:
-    """urllib3's "Retrying (...) after connection broken" lines, for the tracker's own requests only:
-    a failing server is the one warning line, and other code's retries still show."""
-    pool = logging.getLogger("urllib3.connectionpool")
-    if _from_this_thread not in pool.filters:
-        pool.addFilter(_from_this_thread)
-
-
-class _Skip(Exception):
-    """A child run whose parent could not be opened: nothing to log, and the warning was given."""
-
-
-def start(cfg, run_dir: Path, source: str | Path, parent: Tracker | None = None, chief: bool = True,
-          say: Echo = print) -> Tracker | None:
-    """The Tracker of a run about to train in `run_dir`; None when `cfg.track` is None or this is not the chief.
+def start(cfg, run_dir: Path, source: str | Path, session: Session | None = None,
+          parent: Tracker | None = None) -> Tracker | None:
+    """The Tracker of a run about to train in `run_dir` (None without a session or a parent).
 
     Args:
         cfg: the run's `cnnlab.config.Config`.
-        run_dir: its run directory (its folder's mlflow.db is the default store).
+        run_dir: its run directory; a resumed run's run.json names the MLflow run it continues.
         source: the config file (its git commit is tagged).
+        session: the logging process `begin` started for this run.
         parent: a study's Tracker (`cnnlab tune`): the run is its child, in its store and experiment.
-        chief: False on the other workers of a multi_worker run, which log nothing.
-        say: prints the warning line.
     """
-    if cfg.track is None or not chief:
+    if parent is not None:
+        session = parent.session
+    if session is None:
         return None
-    settings, folder = cfg.track.mlflow, Path(run_dir)
-    if parent is not None:  # a trial: in the study's store and experiment
-        uri, experiment = parent.uri, parent.experiment
-    else:
-        uri, experiment = store_uri(settings.uri, folder.parent), settings.experiment or cfg.name
+    folder = Path(run_dir)
     params = params_of(cfg.model_dump(mode="json", exclude={"track", "tune"}))
-    return Tracker(uri, experiment, folder.name, params, tags_of(cfg, folder, source), say, parent, folder)
+    info = _read(folder / rundir.RUN)
+    earlier = info.get("mlflow") or {}
+    resume = ((earlier["run_id"], int(info.get("epochs_completed") or 0))
+              if earlier.get("store") == shown(session.uri) and earlier.get("run_id") else None)
+    return Tracker(session, folder.name, params, tags_of(cfg, folder, source), folder, parent, resume,
+                   owner=parent is None)
+
+
+@contextlib.contextmanager
+def session(cfg, runs_dir: str | Path, parent: Tracker | None = None, chief: bool = True,
+            say: Echo = print) -> Iterator[Session | None]:
+    """`begin`'s session, closed at the end of the block (at once if no run started in it: its data failed)."""
+    started = begin(cfg, runs_dir, parent, chief, say)
+    try:
+        yield started
+    finally:
+        if started is not None:
+            started.close()
 
 
 def start_study(cfg, folder: Path, source: str | Path, name: str, say: Echo = print) -> Tracker | None:
@@ -314,12 +356,12 @@ def start_study(cfg, folder: Path, source: str | Path, name: str, say: Echo = pr
 
     Its params are the config with its `tune:` section (the search space as `tune.space.<key>...`).
     """
-    if cfg.track is None:
+    session = begin(cfg, Path(folder).parent, say=say)
+    if session is None:
         return None
-    settings = cfg.track.mlflow
     params = params_of(cfg.model_dump(mode="json", exclude={"track"}))
-    return Tracker(store_uri(settings.uri, Path(folder).parent), settings.experiment or cfg.name, name, params,
-                   {"cnnlab.study": name, **tags_of(cfg, Path(folder), source)}, say, folder=Path(folder))
+    return Tracker(session, name, params, {"cnnlab.study": name, **tags_of(cfg, Path(folder), source)},
+                   Path(folder))
 
 
 def params_of(config: dict) -> dict[str, str]:
@@ -347,14 +389,20 @@ def callbacks_for(tracker: Tracker | None, rows: list[dict]) -> list:
 
 
 def finish(tracker: Tracker | None) -> None:
-    """End a run's MLflow run as its run.json says it ended, with metrics.json's numbers and its files."""
+    """End a run's MLflow run as its run.json says it ended, with metrics.json's numbers and its files;
+    run.json then names the MLflow run (`mlflow: {store, run_id}`), which `--resume` continues."""
     if tracker is None:
         return
     folder = tracker.folder
     info = _read(folder / rundir.RUN)
     metrics = test_metrics(_read(folder / rundir.METRICS)) if (folder / rundir.METRICS).exists() else {}
     files = [folder / name for name in ARTIFACTS] + sorted(folder.glob("*.png"))
-    tracker.finish(STATUS.get(info.get("status"), "FAILED"), metrics, files)
+    run_id = tracker.finish(STATUS.get(info.get("status"), "FAILED"), metrics, files)
+    if run_id is not None and info:
+        try:
+            rundir.update_json(folder / rundir.RUN, mlflow={"store": shown(tracker.uri), "run_id": run_id})
+        except Exception:  # noqa: BLE001 - a run.json that cannot be written lost more than this
+            pass
 
 
 def finish_study(tracker: Tracker | None, status: str, objective: str, best=None, finished: int = 0) -> None:

@@ -110,23 +110,24 @@ def train(cfg: Config, source: str | Path, runs_dir: str | Path = "runs", device
     hooks = hooks or Hooks()
     plan = check_model(cfg, str(source))
     distribute.check(cfg, str(source))  # the cluster (TF_CONFIG), this worker's port
-    # a missing GPU or data file, or a class weight for no class, fails here, before a run folder exists
-    data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet, hooks.data)
-    class_weights(cfg.train.class_weight, data.labels[data.train], plan.data.class_names, str(source))
-    dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
-    if dist is not None and not dist.chief:  # only the chief writes the run directory
-        runs_dir, quiet = dist.private_dir(), True
-    start = starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
-    run_dir = rundir.create_run_dir(runs_dir, cfg.name)
-    rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
-    rundir.write_json(run_dir / rundir.RUN, {
-        "name": cfg.name, "status": "running", "config_source": str(source),
-        "started": now(), "epochs_planned": total_epochs(cfg), "epochs_completed": 0,
-        **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
-    })
-    _info(echo, quiet)(f"run directory: {run_dir}")
-    return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start, dist=dist,
-                hooks=hooks)
+    with track.session(cfg, runs_dir, hooks.track, distribute.chief(cfg), echo) as session:  # mlflow imports now
+        # a missing GPU or data file, or a class weight for no class, fails here, before a run folder exists
+        data, backend = _load_and_start(cfg, plan, device, str(source), progress, quiet, hooks.data)
+        class_weights(cfg.train.class_weight, data.labels[data.train], plan.data.class_names, str(source))
+        dist = distribute.start(cfg, str(source), device, _info(echo, quiet))  # waits for the other workers
+        if dist is not None and not dist.chief:  # only the chief writes the run directory
+            runs_dir, quiet = dist.private_dir(), True
+        start = starting_weights(backend[0], cfg, plan, source, quiet) if cfg.train.init_from else None
+        run_dir = rundir.create_run_dir(runs_dir, cfg.name)
+        rundir.write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
+        rundir.write_json(run_dir / rundir.RUN, {
+            "name": cfg.name, "status": "running", "config_source": str(source),
+            "started": now(), "epochs_planned": total_epochs(cfg), "epochs_completed": 0,
+            **({"init_from": str(start.path)} if start else {}), **rundir.this_process(),
+        })
+        _info(echo, quiet)(f"run directory: {run_dir}")
+        return _fit(cfg, plan, data, run_dir, backend, echo, history=[], quiet=quiet, start=start, dist=dist,
+                    hooks=hooks, session=session)
 
 
 def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overrides: list[str] | tuple = (),
@@ -187,26 +188,29 @@ def resume(run_path: str | Path, device: str = "auto", echo: Echo = print, overr
             f"first epoch finished); train its config again with `cnnlab train {config_path}`."
         )
     plan = check_model(cfg, str(config_path))
-    data, backend = _load_and_start(cfg, plan, device, str(config_path), progress, quiet)
-    dist = distribute.start(cfg, str(config_path), device, _info(echo, quiet))
-    if dist is not None and not dist.chief:  # it resumes a private copy: only the chief writes the run
-        run, quiet = rundir.open_run(dist.private_copy(run.path)), True
-        config_path = run.path / rundir.CONFIG
-    rundir.remove_temporaries(run.path)
-    say = _info(echo, quiet)
-    if extend:
-        rundir.write_text(config_path, cfg.to_yaml())
-        info["extensions"] = [*info.get("extensions", []),
-                              {"epochs": [info.get("epochs_planned"), cfg.train.epochs], "at": now()}]
-        es = cfg.train.early_stopping
-        if status == "completed" and es is not None and len(history) < (info.get("epochs_planned") or 0):
-            say(f"note: early stopping ended this run after epoch {len(history)} ({es.monitor} did not improve for "
-                f"{es.patience} epochs); it stops again after the next epoch unless {es.monitor} improves.")
-    info.pop("error", None)
-    info.update(status="running", resumed=now(), epochs_planned=cfg.train.epochs, **rundir.this_process())
-    rundir.write_json(run.path / rundir.RUN, info)
-    say(f"resuming {run.path} after epoch {len(history)}" + (f", now for {cfg.train.epochs} epochs" if extend else ""))
-    return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet, dist=dist)
+    with track.session(cfg, run.path.parent, chief=distribute.chief(cfg), say=echo) as session:
+        data, backend = _load_and_start(cfg, plan, device, str(config_path), progress, quiet)
+        dist = distribute.start(cfg, str(config_path), device, _info(echo, quiet))
+        if dist is not None and not dist.chief:  # it resumes a private copy: only the chief writes the run
+            run, quiet = rundir.open_run(dist.private_copy(run.path)), True
+            config_path = run.path / rundir.CONFIG
+        rundir.remove_temporaries(run.path)
+        say = _info(echo, quiet)
+        if extend:
+            rundir.write_text(config_path, cfg.to_yaml())
+            info["extensions"] = [*info.get("extensions", []),
+                                  {"epochs": [info.get("epochs_planned"), cfg.train.epochs], "at": now()}]
+            es = cfg.train.early_stopping
+            if status == "completed" and es is not None and len(history) < (info.get("epochs_planned") or 0):
+                say(f"note: early stopping ended this run after epoch {len(history)} ({es.monitor} did not improve "
+                    f"for {es.patience} epochs); it stops again after the next epoch unless {es.monitor} improves.")
+        info.pop("error", None)
+        info.update(status="running", resumed=now(), epochs_planned=cfg.train.epochs, **rundir.this_process())
+        rundir.write_json(run.path / rundir.RUN, info)
+        say(f"resuming {run.path} after epoch {len(history)}"
+            + (f", now for {cfg.train.epochs} epochs" if extend else ""))
+        return _fit(cfg, plan, data, run.path, backend, echo, history=history, quiet=quiet, dist=dist,
+                    session=session)
 
 
 def _load_and_start(cfg: Config, plan: ModelPlan, device: str, where: str, progress: Progress | None,
@@ -279,7 +283,8 @@ def _start_backend(device: str, quiet: bool):
 
 def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, echo: Echo,
          history: list[dict], quiet: bool = False, start: StartingWeights | None = None,
-         dist: distribute.Distributed | None = None, hooks: Hooks | None = None) -> TrainResult:
+         dist: distribute.Distributed | None = None, hooks: Hooks | None = None,
+         session: track.Session | None = None) -> TrainResult:
     """Train and score in `run_dir`; every way this can end is written to run.json's status."""
     keras, _ = backend
     rows = list(history)  # the finished epochs; the recorder appends to this very list
@@ -287,8 +292,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     if quiet:  # Keras' progress bars and messages go to absl logging, which shows only warnings
         keras.config.disable_interactive_logging()
     hooks = hooks or Hooks()
-    tracker = track.start(cfg, run_dir, rundir.read_json(run_dir / rundir.RUN)["config_source"], hooks.track,
-                          dist is None or dist.chief, echo)
+    tracker = track.start(cfg, run_dir, rundir.read_json(run_dir / rundir.RUN)["config_source"], session, hooks.track)
     try:
         return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks, tracker)
     except KeyboardInterrupt:

@@ -231,12 +231,91 @@ def test_a_run_without_track_never_imports_mlflow():
     assert json.loads(done.stdout) == []
 
 
-def test_only_the_chief_and_only_a_tracked_config_start_a_tracker(tmp_path):
+def test_only_the_chief_and_only_a_tracked_config_start_a_logging_process(tmp_path):
     data = _tracked("x")
     cfg = validate_config(data, "x.yaml")
-    assert track.start(cfg, tmp_path / "run", "x.yaml", chief=False) is None
+    assert track.begin(cfg, tmp_path / "runs", chief=False) is None
     data.pop("track")
-    assert track.start(validate_config(data, "x.yaml"), tmp_path / "run", "x.yaml") is None
+    assert track.begin(validate_config(data, "x.yaml"), tmp_path / "runs") is None
+    assert track.start(validate_config(data, "x.yaml"), tmp_path / "run", "x.yaml") is None  # no session
+
+
+def test_the_training_process_never_imports_mlflow_its_logging_process_does(tmp_path, no_tracking_env):
+    data = _tracked("apart")
+    source = write(tmp_path / "small.yaml", data)
+    code = ("import json, sys; from cnnlab.config import load_config; from cnnlab.train import train; "
+            f"r = train(load_config({str(source)!r}), {str(source)!r}, runs_dir={str(tmp_path / 'runs')!r}, "
+            "quiet=True, echo=lambda line: None); "
+            "print(json.dumps([r.status, sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["completed", []]
+    [run] = _runs(_client(f"sqlite:///{(tmp_path / 'runs' / track.DEFAULT_STORE).resolve()}"), "apart")
+    assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] > 0.5
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, no_tracking_env):
+    from cnnlab.train import resume
+
+    data = _tracked("resumed")
+    data["train"]["epochs"] = 2
+    source = write(tmp_path / "small.yaml", data)
+    first, _ = _train(data, source, tmp_path / "runs")
+    recorded = rundir.read_json(first.run_dir / rundir.RUN)["mlflow"]
+    uri = f"sqlite:///{(tmp_path / 'runs' / track.DEFAULT_STORE).resolve()}"
+    assert recorded["store"] == uri
+    lines: list[str] = []
+    again = resume(first.run_dir, overrides=["train.epochs=3"], echo=lines.append, quiet=True)
+    assert again.status == "completed" and not [line for line in lines if "MLflow" in line], lines
+    client = _client(uri)
+    [run] = _runs(client, "resumed")  # one MLflow run over both, not a second one
+    assert run.info.run_id == recorded["run_id"] and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert run.data.params["train.epochs"] == "2"  # params are MLflow's record of how the run started
+
+
+def test_a_run_refused_after_its_data_loaded_leaves_no_logging_process_behind(tmp_path, no_tracking_env):
+    from cnnlab.train import train
+
+    # told only once the data's classes are known: the logging process (started before) is stopped
+    data = _tracked("refused", class_weight={"eleven": 2.0})
+    source = write(tmp_path / "bad.yaml", data)
+    started = time.monotonic()
+    with pytest.raises(CnnlabError, match="'eleven' is not a class"):
+        train(validate_config(data, source), source, runs_dir=tmp_path / "runs", quiet=True, echo=lambda line: None)
+    assert time.monotonic() - started < 15  # the error does not wait for mlflow to import
+    assert _children_running("cnnlab.track_child") == []
+    assert not list((tmp_path / "runs").glob("refused-*"))
+
+
+def _children_running(module: str) -> list[int]:
+    """This process's child processes running `python -m module`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and module.encode() in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_tracked_run_without_mlflow_installed_costs_one_warning(tmp_path, no_tracking_env, monkeypatch):
+    shadow = tmp_path / "shadow" / "mlflow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'mlflow'\", name='mlflow')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))  # the logging process finds this mlflow first
+    data = _tracked("absent")
+    source = write(tmp_path / "small.yaml", data)
+    result, lines = _train(data, source, tmp_path / "runs")
+    assert result.status == "completed"
+    warnings = [line for line in lines if "MLflow" in line]
+    assert warnings == [f"warning: MLflow tracking to sqlite:///{(tmp_path / 'runs' / track.DEFAULT_STORE).resolve()} "
+                        "stopped (mlflow is not installed: pip install 'cnnlab[mlflow]'); training goes on without it"]
+    assert "mlflow" not in rundir.read_json(result.run_dir / rundir.RUN)
 
 
 def test_a_mistake_in_the_track_section_names_the_field():
