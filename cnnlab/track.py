@@ -7,8 +7,10 @@ logs each run as an MLflow run:
   (`test_accuracy`, `test_accuracy_per_class/<class>`, ...) at the last epoch's step;
 - tags: the run directory (`cnnlab.run_dir`), the data set (`cnnlab.data`), the config file and the
   git commit of the repository it is in (`mlflow.source.name`, `mlflow.source.git.commit`);
-- artifacts: the run directory's config.yaml, report.html, PNGs, metrics.json, history.csv, data.json
-  and environment.json (not the model: best.keras stays in the run directory).
+- artifacts: the run directory's config.yaml, report.html, PNGs, metrics.json, history.csv, data.json,
+  environment.json and best.keras, as files (an MLflow Keras model flavour would need TensorFlow
+  in the logging process: seconds and 600 MB more; `mlflow artifacts download` gives back a file
+  `keras.saving.load_model` and `cnnlab predict` read).
 A tuning study is one MLflow run and its trials are its child runs (`mlflow.parentRunId`). With
 several workers (train.distribute: multi_worker) only the chief logs.
 
@@ -62,7 +64,8 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 STATUS = {"completed": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED",
           "failed": "FAILED"}
 # the run directory's files that go to the run's artifacts (the PNGs too)
-ARTIFACTS = (rundir.CONFIG, "report.html", rundir.METRICS, rundir.HISTORY_CSV, rundir.DATA, rundir.ENVIRONMENT)
+ARTIFACTS = (rundir.CONFIG, "report.html", rundir.METRICS, rundir.HISTORY_CSV, rundir.DATA, rundir.ENVIRONMENT,
+             rundir.BEST)
 # A server that does not answer fails in seconds, not after MLflow's ~4 minutes of retries (7, doubling),
 # and the client prints no "View run ... at" lines of its own into cnnlab's output; a user's own settings win.
 MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

@@ -32,6 +32,9 @@ from pathlib import Path
 
 from cnnlab.track import MAX_BATCH, artifact_location
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, judges, prompts)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
 
 class Channel:
     """The answers to the training process, on a copy of stdout; stdout itself then goes nowhere,
@@ -109,7 +112,7 @@ class Store:
         if self.experiment_id is None:
             try:
                 self.experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=artifact_location(self.uri))
+                    self.experiment, artifact_location=artifact_location(self.uri), tags=EXPERIMENT_TAGS)
             except Exception:  # another process made it in the meantime (a study's workers)
                 found = self.client.get_experiment_by_name(self.experiment)
                 if found is None:

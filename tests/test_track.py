@@ -218,8 +218,11 @@ def test_the_default_store_is_sqlite_in_the_runs_folder(tmp_path, no_tracking_en
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2, 3]
     files = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "report.html", "loss.png"} <= files
+    assert {"config.yaml", "report.html", "loss.png", "best.keras"} <= files
     assert list((runs / track.ARTIFACT_FOLDER).rglob("report.html"))  # the artifacts beside the database
+    model = client.download_artifacts(run.info.run_id, "best.keras", str(tmp_path))
+    assert Path(model).read_bytes() == (result.run_dir / rundir.BEST).read_bytes()
+    assert client.get_experiment_by_name("local").tags["mlflow.experimentKind"] == "custom_model_development"
     assert not (Path.cwd() / "mlruns").exists()
 
 
