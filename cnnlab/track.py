@@ -60,6 +60,7 @@ Echo = Callable[[str], None]
 DEFAULT_STORE = "mlflow.db"  # in the runs folder, when neither the config nor MLFLOW_TRACKING_URI names a store
 ARTIFACT_FOLDER = "mlartifacts"  # beside a SQLite store: the artifacts of the runs in it
 URI_ENV = "MLFLOW_TRACKING_URI"
+STUDY_RUN_ENV = "CNNLAB_MLFLOW_STUDY_RUN"  # a `tune --workers N` helper's study run: the first process's
 # what run.json's status becomes in MLflow
 STATUS = {"completed": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED",
           "failed": "FAILED"}
@@ -261,6 +262,8 @@ class Tracker:
         resume: the MLflow run of the cnnlab run being resumed and its epochs so far: it continues
             there with the epochs after those (when that run is gone, a new run gets them all).
         owner: the run ends the session when it finishes (a study's trials leave it to the study).
+        attach: an MLflow run another process opened and ends (a study's, for a helper process):
+            this process's child runs go under it, and it is neither made nor ended here.
 
     Example:
         session = Session("sqlite:///runs/mlflow.db", "cnn", print)
@@ -271,13 +274,14 @@ class Tracker:
 
     def __init__(self, session: Session, run_name: str, params: dict[str, str], tags: dict[str, str],
                  folder: Path, parent: Tracker | None = None, resume: tuple[str, int] | None = None,
-                 owner: bool = True):
-        self.session, self.folder, self.owner = session, folder, owner
+                 owner: bool = True, attach: str | None = None):
+        self.session, self.folder, self.owner, self.attached = session, folder, owner, attach is not None
         self.uri, self.experiment = session.uri, session.experiment
         self.key = session.key()
         self._last_step = 0
         session.send(op="open", run=self.key, name=run_name, params=params, tags=tags,
-                     parent=parent.key if parent is not None else None, resume=resume)  # JSON: [id, epochs]
+                     parent=parent.key if parent is not None else None, resume=resume,  # JSON: [id, epochs]
+                     attach=attach)
 
     def epochs(self, rows: list[dict]) -> None:
         """Log finished epochs' history rows, each at its epoch as the step."""
@@ -295,9 +299,10 @@ class Tracker:
         Returns the MLflow run id (None if the run never opened).
         """
         stamp = int(time.time() * 1000)
-        self.session.send(op="close", run=self.key, status=status, tags=tags or {},
-                          batch=[(name, value, stamp, self._last_step) for name, value in metrics.items()],
-                          files=[str(path) for path in files])
+        if not self.attached:  # an attached run is ended by the process that made it
+            self.session.send(op="close", run=self.key, status=status, tags=tags or {},
+                              batch=[(name, value, stamp, self._last_step) for name, value in metrics.items()],
+                              files=[str(path) for path in files])
         if self.owner:
             self.session.close(timeout)
         return self.session.run_id(self.key, timeout=5)
@@ -358,13 +363,23 @@ def start_study(cfg, folder: Path, source: str | Path, name: str, say: Echo = pr
     """The MLflow run of the tuning study in `folder` (its trials' runs are its children); None without cfg.track.
 
     Its params are the config with its `tune:` section (the search space as `tune.space.<key>...`).
+    A `tune --workers N` helper process (STUDY_RUN_ENV set by `study_env`) opens no run of its own:
+    its trials are children of the first process's study run.
     """
     session = begin(cfg, Path(folder).parent, say=say)
     if session is None:
         return None
     params = params_of(cfg.model_dump(mode="json", exclude={"track"}))
     return Tracker(session, name, params, {"cnnlab.study": name, **tags_of(cfg, Path(folder), source)},
-                   Path(folder))
+                   Path(folder), attach=os.environ.get(STUDY_RUN_ENV) or None)
+
+
+def study_env(tracker: Tracker | None) -> dict[str, str]:
+    """The environment that makes helper processes' trials children of this study's run (waits for it to open)."""
+    if tracker is None:
+        return {}
+    run_id = tracker.session.run_id(tracker.key, timeout=60)
+    return {STUDY_RUN_ENV: run_id} if run_id else {}
 
 
 def params_of(config: dict) -> dict[str, str]:

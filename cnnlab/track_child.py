@@ -9,7 +9,7 @@ It reads one JSON message per line on stdin (a thread drains the pipe at once, s
 process never blocks writing to it), each about one run, named by the key the training process
 gave it:
     {"op": "open", "run": "0", "name": ..., "params": {...}, "tags": {...}, "parent": null,
-     "resume": null or [MLflow run id, epochs it has]}
+     "resume": null or [MLflow run id, epochs it has], "attach": null or another process's run id}
     {"op": "metrics", "run": "0", "batch": [[name, value, stamp, step], ...]}
     {"op": "close", "run": "0", "status": "FINISHED", "batch": [...], "files": [...], "tags": {...}}
 and answers one JSON line per event on its own stdout: {"opened": "0", "run_id": ...} once a run
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cnnlab.track import MAX_BATCH, artifact_location
 
-# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, judges, prompts)
+# how MLflow 3 tells a model-training experiment from a GenAI one (traces, judges, prompts)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -121,6 +121,9 @@ class Store:
         return self.experiment_id
 
     def _open(self, key: str, message: dict) -> str:
+        if message.get("attach"):  # another process's run (a study's): its children go here; it ends there
+            self.runs[key] = message["attach"]
+            return message["attach"]
         run_id, epochs = message.get("resume") or (None, 0)
         run_id = self._resumed(run_id)
         if run_id is not None:

@@ -311,8 +311,9 @@ def tune(config: str | Path, overrides: list[str] | tuple = (), trials: int | No
         _fail_dead_trials(optuna_study, echo)
         echo(f"study {name} in {shown(url)}: {search.direction} {search.tune.objective}, "
              f"{_finished(optuna_study)} of {search.tune.trials or 'unlimited'} trials finished; trials in {folder}/")
-        helpers = _start_workers(workers - 1, config, overrides, trials, timeout, url, name, runs_dir, device)
         tracker = track.start_study(search.cfg, folder, search.source, name, echo)  # None without `track:`
+        helpers = _start_workers(workers - 1, config, overrides, trials, timeout, url, name, runs_dir, device,
+                                 track.study_env(tracker) if workers > 1 else {})
         status, best = "failed", None
         try:
             try:
@@ -347,7 +348,8 @@ def _check_study_name(name: str) -> None:
                           "(it becomes a folder under the runs directory).") from None
 
 
-def _start_workers(count: int, config, overrides, trials, timeout, url: str, name: str, runs_dir, device: str):
+def _start_workers(count: int, config, overrides, trials, timeout, url: str, name: str, runs_dir, device: str,
+                   tracking: dict[str, str]):
     argv = [sys.executable, "-m", "cnnlab", "tune", str(config), "--study", name,
             "--runs-dir", str(runs_dir), "--device", device, "--workers", "1"]
     for override in overrides:
@@ -356,7 +358,7 @@ def _start_workers(count: int, config, overrides, trials, timeout, url: str, nam
         argv += ["--trials", str(trials)]
     if timeout is not None:
         argv += ["--timeout", str(timeout)]
-    env = {**os.environ, STORAGE_ENV: url}  # not in argv, where `ps` would show a password
+    env = {**os.environ, STORAGE_ENV: url, **tracking}  # not in argv, where `ps` would show a password
     return [subprocess.Popen(argv, env=env) for _ in range(count)]
 
 

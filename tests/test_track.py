@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import pytest
 import yaml
-from test_tune import tiny_study, write
+from test_tune import CNNLAB, tiny_study, write
 
 from cnnlab import rundir, track
 from cnnlab.config import validate_config
@@ -162,6 +162,23 @@ def test_a_study_is_the_parent_run_of_its_trials(server, tmp_path, no_tracking_e
     assert trial_units <= {"8", "16", "24", "32"}
     files = {item.path for item in _client(server.url).list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "report.html", "history.png"} <= files
+
+
+def test_the_trials_of_tune_workers_are_children_of_one_study_run(server, tmp_path, no_tracking_env):
+    data = tiny_study(trials=4)
+    data["data"].update(dir=str(DATA_DIR), download=False)
+    data["track"] = {"mlflow": {"uri": server.url, "experiment": "workers"}}
+    config = write(tmp_path / "study.yaml", data)
+    done = subprocess.run([*CNNLAB, "tune", str(config), "--runs-dir", str(tmp_path / "runs"), "--workers", "2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MLflow" not in done.stdout + done.stderr
+    runs = _runs(_client(server.url), "workers")
+    [parent] = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]  # one study run, not one a process
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1 >= 4
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_finished"] >= 4
+    assert all(child.info.status == "FINISHED" for child in children)
 
 
 class KillAfterEpoch(keras.callbacks.Callback):
