@@ -351,3 +351,16 @@ def test_a_config_flattens_to_names_mlflow_takes():
     assert params == {"model.layers.0.type": "dense", "model.layers.0.units": "10",
                       "tune.space.model.layers_1_.units.int.0": "8", "tune.space.model.layers_1_.units.int.1": "32",
                       "data.augment": "null", "data.metrics": "[]"}
+
+
+@pytest.mark.parametrize("uri, printed", [
+    ("http://team:s3cret@mlflow.example:5000", "http://team:***@mlflow.example:5000"),
+    ("postgresql://mlflow:s3cret@127.0.0.1:5432/runs", "postgresql://mlflow:***@127.0.0.1:5432/runs"),
+    ("sqlite:////home/me/runs/mlflow.db", "sqlite:////home/me/runs/mlflow.db"),
+])
+def test_a_password_in_the_tracking_uri_is_neither_printed_nor_recorded(uri, printed):
+    lines: list[str] = []
+    track.OneWarning(lines.append).give(uri, "ConnectionError: refused")
+    assert lines == [f"warning: MLflow tracking to {printed} stopped (ConnectionError: refused); training goes on "
+                     "without it"]
+    assert track.shown(uri) == printed  # what run.json's mlflow.store holds
