@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -375,3 +376,35 @@ def test_a_data_path_that_is_not_there_is_named_absolute(runner, tmp_path, monke
     result = runner.invoke(app, ["train", "conf/x.yaml", "--set", "data.path=mine", "--runs-dir", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert f"data.path: {tmp_path / 'mine'} does not exist" in result.stderr
+
+
+def test_a_row_file_reads_slices_and_rows_in_any_order_as_numpy_does(tmp_path):
+    rows = np.random.default_rng(0).integers(0, 256, (300, 7, 5, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", rows)
+    file = RowFile(tmp_path / "images.npy")
+    assert len(file) == 300 and file.shape == rows.shape
+    for which in (slice(0, 256), slice(256, 300), slice(290, 400), slice(10, 10), slice(3, 60, 7),
+                  [299, 0, 5, 5, 150]):
+        got = file[which]
+        assert got.dtype == np.uint8 and got.flags.writeable  # a batch of its own, not a view of the file
+        np.testing.assert_array_equal(got, rows[which])
+    with open(tmp_path / "images.npy", "r+b") as handle:  # a cache file cut short (a full disk, a copy stopped)
+        handle.truncate(handle.seek(0, 2) - 100)
+    with pytest.raises(OSError, match="images.npy: ends before row 299"):
+        RowFile(tmp_path / "images.npy")[250:300]
+
+
+def test_a_cache_file_cut_short_is_decoded_again(tmp_path):
+    from cnnlab.config import DataSection
+
+    folder = write_shapes_folder(tmp_path / "shapes", per_class=10)
+    data = DataSection(dataset="folder", path=str(folder), image_size=[16, 16], cache_dir=str(tmp_path / "cache"))
+    first = load(data, describe(data)).images[:]
+    [cached] = (tmp_path / "cache").glob("*/images.npy")
+    whole = cached.stat().st_size
+    with open(cached, "r+b") as handle:
+        handle.truncate(whole // 2)
+    again = load(data, describe(data))
+    np.testing.assert_array_equal(again.images[:], first)
+    [cached] = (tmp_path / "cache").glob("*/images.npy")
+    assert cached.stat().st_size == whole

@@ -60,7 +60,8 @@ class RowFile:
     """A `.npy` array on disk whose rows are read on demand, a batch at a time.
 
     `rows[indices]` and `rows[start:stop]` return NumPy arrays; nothing else is kept in memory.
-    Reads use `os.pread`, so threads (tf.data's parallel calls) can share one file.
+    Reads use `os.preadv` straight into the array they return (one copy, from the page cache),
+    so threads (tf.data's parallel calls) can share one file.
     """
 
     def __init__(self, path: Path):
@@ -79,20 +80,33 @@ class RowFile:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def complete(self) -> bool:
+        """Whether the file holds every row its header promises (not cut short by a full disk or a copy)."""
+        return os.fstat(self._fd).st_size >= self._offset + len(self) * self._row
+
     def __getitem__(self, which) -> np.ndarray:
         if isinstance(which, slice):
             start, stop, step = which.indices(len(self))
             if step == 1:
-                count = max(0, stop - start)
-                blob = os.pread(self._fd, count * self._row, self._offset + start * self._row)
-                return np.frombuffer(blob, self.dtype).reshape((count, *self.shape[1:])).copy()
+                out = np.empty((max(0, stop - start), *self.shape[1:]), self.dtype)
+                self._read_into(out, start)
+                return out
             which = np.arange(start, stop, step)
         rows = np.asarray(which, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         for j in np.argsort(rows, kind="stable"):  # in file order: the disk reads ahead
-            blob = os.pread(self._fd, self._row, self._offset + int(rows[j]) * self._row)
-            out[j] = np.frombuffer(blob, self.dtype).reshape(self.shape[1:])
+            self._read_into(out[j], int(rows[j]))
         return out
+
+    def _read_into(self, out: np.ndarray, row: int) -> None:
+        """Fill `out` (whole rows, C order) from row `row` on."""
+        view, offset = memoryview(out.reshape(-1).view(np.uint8)), self._offset + row * self._row
+        while view.nbytes:
+            done = os.preadv(self._fd, [view], offset)
+            if done <= 0:
+                raise OSError(f"{self.path}: ends before row {(offset - self._offset) // self._row}")
+            view, offset = view[done:], offset + done
 
     def __del__(self):
         fd = getattr(self, "_fd", None)
@@ -116,7 +130,9 @@ def decoded_images(manifest: Manifest, spec: ImageSpec, root: Path, progress: Pr
     slot = root / _key(manifest, spec)
     cached = _read_index(slot)
     if cached is not None and cached["spec"] == spec.to_dict() and cached["files"] == fingerprint:
-        return RowFile(slot / "images.npy"), {int(i): why for i, why in cached["bad"].items()}
+        images = _row_file(slot / "images.npy")
+        if images is not None and images.complete and len(images) == len(manifest.files):
+            return images, {int(i): why for i, why in cached["bad"].items()}
     try:
         root.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
@@ -131,7 +147,7 @@ def decoded_images(manifest: Manifest, spec: ImageSpec, root: Path, progress: Pr
             np.lib.format.write_array_header_1_0(
                 handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                          "shape": shape})
-            bad = _decode_all(manifest, spec, fingerprint, progress, lambda start, rows: handle.write(rows.tobytes()))
+            bad = _decode_all(manifest, spec, fingerprint, progress, lambda start, rows: handle.write(rows.data))
         index = {"format": FORMAT, "source": str(manifest.source.resolve()), "spec": spec.to_dict(),
                  "files": fingerprint, "bad": {str(i): why for i, why in bad.items()}}
         (building / "index.json").write_text(json.dumps(index))
@@ -199,6 +215,14 @@ def _decode_chunk(work: tuple[Path, list[str], ImageSpec]) -> tuple[np.ndarray, 
         except CnnlabError as exc:
             bad[j] = _reason(exc, root / relative)
     return rows, bad
+
+
+def _row_file(path: Path) -> RowFile | None:
+    """The cache's images, or None where the file is damaged (then it is decoded again)."""
+    try:
+        return RowFile(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _reason(error: CnnlabError, path: Path) -> str:
