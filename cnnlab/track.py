@@ -215,7 +215,7 @@ class Session:
     def run_id(self, key: str, timeout: float) -> str | None:
         """The MLflow run id of run `key` once it exists; None when it failed or took longer than `timeout`."""
         with self._answered:
-            self._answered.wait_for(lambda: key in self._run_ids or self._ended, timeout)
+            self._answered.wait_for(lambda: key in self._run_ids or self._ended or self.failed, timeout)
             return self._run_ids.get(key)
 
     def close(self, timeout: float = FINISH_TIMEOUT) -> None:
@@ -249,7 +249,9 @@ class Session:
             except ValueError:
                 continue
             if "warning" in answer:
-                self.failed = True
+                with self._answered:  # nothing more will open: a wait for a run id ends
+                    self.failed = True
+                    self._answered.notify_all()
                 self.warning.give(self.uri, answer["warning"])
             elif "opened" in answer:
                 with self._answered:

@@ -181,6 +181,36 @@ def test_the_trials_of_tune_workers_are_children_of_one_study_run(server, tmp_pa
     assert all(child.info.status == "FINISHED" for child in children)
 
 
+def test_a_study_whose_server_is_down_costs_one_warning_and_no_wait_per_trial(tmp_path, no_tracking_env):
+    from cnnlab.tune import tune
+
+    data = tiny_study(trials=3)
+    data["data"].update(dir=str(DATA_DIR), download=False)
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    data["track"] = {"mlflow": {"uri": nobody, "experiment": "down"}}
+    config = write(tmp_path / "study.yaml", data)
+    lines: list[str] = []
+    started = time.monotonic()
+    result = tune(config, runs_dir=tmp_path / "runs", device="cpu", echo=lines.append)
+    assert result.status == "completed" and result.finished == 3
+    warnings = [line for line in lines if "MLflow" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: MLflow tracking to {nobody} stopped"), lines
+    assert time.monotonic() - started < 120  # given up in seconds, not MLflow's minutes of retries
+
+
+def test_a_wait_for_a_run_id_ends_when_the_store_fails(no_tracking_env):
+    lines: list[str] = []
+    nobody = f"http://127.0.0.1:{free_port()}"
+    session = track.Session(nobody, "down", lines.append)
+    key = session.key()
+    session.send(op="open", run=key, name="r", params={}, tags={}, parent=None, resume=None, attach=None)
+    started = time.monotonic()
+    assert session.run_id(key, timeout=60) is None
+    assert time.monotonic() - started < 30  # at the failure, not at the timeout
+    session.close()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: MLflow tracking to {nobody} stopped"), lines
+
+
 class KillAfterEpoch(keras.callbacks.Callback):
     """Kills `server` at the end of epoch `epoch` (1-based), once that epoch's loss is in experiment `experiment`."""
 
