@@ -140,12 +140,10 @@ class Conv2DLayer(_LayerType):
         )
 
 
-class SeparableConv2DLayer(_LayerType):
-    """A depthwise convolution per channel, then a 1x1 convolution across channels (keras.layers.SeparableConv2D)."""
+class _PerChannelConv(_LayerType):
+    """The settings a depthwise convolution shares with a separable one (which adds its 1x1 `filters`)."""
 
     spatial: ClassVar[bool] = True
-    type: Literal["separable_conv2d"]
-    filters: PositiveInt
     kernel_size: Size2D
     strides: Size2D = (1, 1)
     padding: Padding = "valid"
@@ -153,11 +151,23 @@ class SeparableConv2DLayer(_LayerType):
     activation: ActivationName = "linear"
     use_bias: bool = True
 
+    def _spatial(self, shape, where) -> tuple[int, int]:
+        return spatial_output(shape, self.kernel_size, self.strides, self.padding, "kernel", where)
+
+    def _depthwise_params(self, shape) -> int:
+        return self.kernel_size[0] * self.kernel_size[1] * shape[2] * self.depth_multiplier
+
+
+class SeparableConv2DLayer(_PerChannelConv):
+    """A depthwise convolution per channel, then a 1x1 convolution across channels (keras.layers.SeparableConv2D)."""
+
+    type: Literal["separable_conv2d"]
+    filters: PositiveInt
+
     def output(self, shape, where):
-        out = spatial_output(shape, self.kernel_size, self.strides, self.padding, "kernel", where)
-        depthwise = self.kernel_size[0] * self.kernel_size[1] * shape[2] * self.depth_multiplier
         pointwise = shape[2] * self.depth_multiplier * self.filters
-        return (*out, self.filters), depthwise + pointwise + (self.filters if self.use_bias else 0)
+        return ((*self._spatial(shape, where), self.filters),
+                self._depthwise_params(shape) + pointwise + (self.filters if self.use_bias else 0))
 
     def build(self, keras, dtype):
         return keras.layers.SeparableConv2D(
@@ -166,22 +176,14 @@ class SeparableConv2DLayer(_LayerType):
         )
 
 
-class DepthwiseConv2DLayer(_LayerType):
+class DepthwiseConv2DLayer(_PerChannelConv):
     """One kernel per input channel (times depth_multiplier), no mixing across channels (keras.layers.DepthwiseConv2D)."""
 
-    spatial: ClassVar[bool] = True
     type: Literal["depthwise_conv2d"]
-    kernel_size: Size2D
-    strides: Size2D = (1, 1)
-    padding: Padding = "valid"
-    depth_multiplier: PositiveInt = 1
-    activation: ActivationName = "linear"
-    use_bias: bool = True
 
     def output(self, shape, where):
-        out = spatial_output(shape, self.kernel_size, self.strides, self.padding, "kernel", where)
         channels = shape[2] * self.depth_multiplier
-        return (*out, channels), self.kernel_size[0] * self.kernel_size[1] * channels + (channels if self.use_bias else 0)
+        return (*self._spatial(shape, where), channels), self._depthwise_params(shape) + (channels if self.use_bias else 0)
 
     def build(self, keras, dtype):
         return keras.layers.DepthwiseConv2D(
