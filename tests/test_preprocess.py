@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -485,3 +487,72 @@ def test_ink_pieces_are_the_8_connected_components_with_their_weights():
         expected = _flood_fill_pieces(grid)
         np.testing.assert_array_equal(labels, expected)
         assert sizes == pytest.approx([float(weight[expected == k].sum()) for k in range(1, expected.max() + 1)])
+
+
+def _png(path, mode: str, size=(28, 28), **save) -> str:
+    rng = np.random.default_rng(len(mode) + size[0])
+    channels = {"L": 1, "RGB": 3, "RGBA": 4, "LA": 2}.get(mode)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
+    elif mode == "P":
+        image = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).convert("P")
+    else:
+        pixels = rng.integers(0, 256, (*size[::-1], channels), dtype=np.uint8)
+        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    image.save(path, **save)
+    return str(path)
+
+
+def _exif_turned() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    return exif.tobytes()
+
+
+# (how the PNG is made, whether the shorter way takes it): where it does not, open_image decodes it
+PLAIN_PNG_CASES = {
+    "grey 28x28": (dict(mode="L"), True),
+    "rgb 40x30": (dict(mode="RGB", size=(40, 30)), True),
+    "grey with a transparent colour": (dict(mode="L", transparency=0), False),
+    "rgba": (dict(mode="RGBA"), False),
+    "grey+alpha": (dict(mode="LA"), False),
+    "palette": (dict(mode="P"), False),
+    "16-bit grey": (dict(mode="I;16"), False),
+    "EXIF turned a quarter": (dict(mode="L", size=(30, 20), exif=_exif_turned()), False),
+    "large (a faster decoder's)": (dict(mode="L", size=(200, 120)), False),
+    "too small to hold a digit": (dict(mode="L", size=(3, 28)), False),
+}
+
+
+@pytest.mark.parametrize("case", list(PLAIN_PNG_CASES))
+@pytest.mark.parametrize("color", ["grayscale", "rgb"])
+def test_the_plain_png_way_gives_open_images_pixels_or_leaves_the_file_to_it(tmp_path, case, color):
+    from cnnlab.data.cache import decode_file
+    from cnnlab.data.spec import ImageSpec
+    from cnnlab.preprocess import open_plain_png
+
+    made, taken = PLAIN_PNG_CASES[case]
+    path = _png(tmp_path / "x.png", **made)
+    assert (open_plain_png(path) is not None) == taken
+    spec = ImageSpec(24, 24, color)
+    try:
+        expected = decode_file(tmp_path / "x.png", spec)
+    except CnnlabError as exc:
+        with pytest.raises(CnnlabError, match=re.escape(str(exc))):
+            decode_file(tmp_path / "x.png", spec, plain_png=True)
+        return
+    np.testing.assert_array_equal(decode_file(tmp_path / "x.png", spec, plain_png=True), expected)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not a png"])
+def test_a_damaged_file_is_left_to_open_image_and_its_message(tmp_path, damage):
+    from cnnlab.data.cache import decode_file
+    from cnnlab.data.spec import ImageSpec
+    from cnnlab.preprocess import open_plain_png
+
+    path = tmp_path / "x.png"
+    whole = Path(_png(path, "L")).read_bytes()
+    path.write_bytes({"empty": b"", "truncated": whole[: len(whole) // 2], "not a png": b"hello"}[damage])
+    assert open_plain_png(str(path)) is None
+    with pytest.raises(CnnlabError, match=re.escape(str(path))):
+        decode_file(path, ImageSpec(28, 28), plain_png=True)

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -161,11 +162,18 @@ def decoded_images(manifest: Manifest, spec: ImageSpec, root: Path, progress: Pr
     return RowFile(slot / "images.npy"), bad
 
 
-def decode_file(path: Path, spec: ImageSpec) -> np.ndarray:
-    """One image file as `spec` makes it: (height, width, channels) uint8. A CnnlabError if unreadable."""
-    from cnnlab.preprocess import open_image
+def decode_file(path: Path, spec: ImageSpec, plain_png: bool = False) -> np.ndarray:
+    """One image file as `spec` makes it: (height, width, channels) uint8. A CnnlabError if unreadable.
 
-    return spec.apply(open_image(path, draft_size=spec.draft_size))  # as predict prepares a picture
+    `plain_png`: try `open_plain_png` first (the same pixels, in half the time, for small PNGs);
+    only where Pillow's bomb warning is an error already.
+    """
+    from cnnlab.preprocess import open_image, open_plain_png
+
+    image = open_plain_png(str(path)) if plain_png else None
+    if image is None:
+        image = open_image(path, draft_size=spec.draft_size)
+    return spec.apply(image)  # as predict prepares a picture
 
 
 def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], progress: Progress | None,
@@ -193,7 +201,10 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], pr
         pool = ThreadPoolExecutor(max_workers=cores)  # photos: no rows pickled back from other processes
     elif cores > 1 and len(chunks) > 1 and "tensorflow" not in sys.modules and "fork" in mp.get_all_start_methods():
         pool = ProcessPoolExecutor(max_workers=min(cores, len(chunks)), mp_context=mp.get_context("fork"))
-    work = [(manifest.root, manifest.files[a:b], spec) for a, b in chunks]
+    # threads share the process's warning filters: the per-file guard of open_image; one thread or a
+    # worker process sets it once per piece of work and can take open_plain_png's shorter way
+    plain = not isinstance(pool, ThreadPoolExecutor)
+    work = [(manifest.root, manifest.files[a:b], spec, plain) for a, b in chunks]
     bar = progress(total, f"decoding {total:,} images ...") if progress else nullcontext(lambda n: None)
     with bar as update, pool or nullcontext():
         decoded = pool.map(_decode_chunk, work) if pool else map(_decode_chunk, work)
@@ -204,16 +215,21 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], pr
     return bad
 
 
-def _decode_chunk(work: tuple[Path, list[str], ImageSpec]) -> tuple[np.ndarray, dict[int, str]]:
+def _decode_chunk(work: tuple[Path, list[str], ImageSpec, bool]) -> tuple[np.ndarray, dict[int, str]]:
     """Files (relative to a root) as `spec` makes them: (rows, {position: why it cannot be read})."""
-    root, files, spec = work
+    from PIL import Image
+
+    root, files, spec, plain = work
     rows = np.zeros((len(files), *spec.shape), np.uint8)  # an unreadable file: a row of zeros
     bad: dict[int, str] = {}
-    for j, relative in enumerate(files):
-        try:
-            rows[j] = decode_file(root / relative, spec)
-        except CnnlabError as exc:
-            bad[j] = _reason(exc, root / relative)
+    with warnings.catch_warnings() if plain else nullcontext():
+        if plain:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for j, relative in enumerate(files):
+            try:
+                rows[j] = decode_file(root / relative, spec, plain)
+            except CnnlabError as exc:
+                bad[j] = _reason(exc, root / relative)
     return rows, bad
 
 
@@ -232,10 +248,10 @@ def _reason(error: CnnlabError, path: Path) -> str:
 
 
 def _fingerprint(manifest: Manifest) -> list[list]:
-    rows = []
+    rows, root = [], str(manifest.root)
     for relative in manifest.files:
         try:
-            stat = (manifest.root / relative).stat()
+            stat = os.stat(os.path.join(root, relative))
             rows.append([relative, stat.st_size, stat.st_mtime_ns])
         except OSError:
             rows.append([relative, -1, 0])  # a broken link: unreadable; mending it changes this row
