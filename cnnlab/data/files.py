@@ -205,7 +205,7 @@ def _check_duplicates(root: Path, files: list[str], labels: list[int], classes: 
     for i, relative in enumerate(files):
         by_name[relative.rsplit("/", 1)[-1]].append(i)
     for group in by_name.values():
-        if len({labels[i] for i in group}) < 2:
+        if len(group) < 2 or len({labels[i] for i in group}) < 2:  # (most names are unique: no set for them)
             continue
         digests: dict[tuple, int] = {}
         for i in group:
