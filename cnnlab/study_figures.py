@@ -15,16 +15,28 @@ from cnnlab.study_storage import FIGURES
 FEW_TRIALS = 10  # complete trials below which parameter importances are only a rough guide
 
 
-def _readable(ax, integer_x: bool, locator) -> None:
+WHOLE_NUMBER_LABELS = ("Trial", "epoch")  # axes (and colour bars) of trial numbers or epochs
+
+
+def _readable(ax) -> None:
     """A white background with a light grid, a colour map with no white end (Optuna's Blues drew its
-    lightest trials white on ggplot's grey), whole trial numbers on a trial or epoch axis."""
+    lightest trials white on ggplot's grey)."""
     ax.set_facecolor("white")
     ax.grid(True, color="#dddddd")
     for artist in ax.collections:
         if artist.get_array() is not None:
             artist.set_cmap("viridis")
-    if integer_x:
-        ax.xaxis.set_major_locator(locator(integer=True))
+
+
+def _whole_numbers(figure) -> None:
+    """Ticks at whole numbers on every axis of `figure` labelled as trials or epochs (a 4-trial
+    study's history once read 0.5, 1.0, 1.5, ...), the colour bar of trial numbers included."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in figure.axes:
+        for axis, label in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
+            if label in WHOLE_NUMBER_LABELS:
+                axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def write_figures(study, folder: Path, objective: str) -> list[str]:
@@ -34,7 +46,7 @@ def write_figures(study, folder: Path, objective: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as views
-    from matplotlib.ticker import MaxNLocator, NullFormatter
+    from matplotlib.ticker import NullFormatter
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -64,10 +76,8 @@ def write_figures(study, folder: Path, objective: str) -> list[str]:
             for ax in many:  # a log axis' minor labels (3x10^-4, 4x10^-4, ...) run into each other
                 if ax.get_xscale() == "log":
                     ax.xaxis.set_minor_formatter(NullFormatter())
-                _readable(ax, integer_x=name in ("history.png", "intermediate.png"), locator=MaxNLocator)
-            for ax in figure.axes:  # the colour bar of trial numbers too
-                if ax.get_ylabel() == "Trial":
-                    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+                _readable(ax)
+            _whole_numbers(figure)
             if name == "importances.png" and len(complete) < FEW_TRIALS:
                 many[0].set_title(f"{many[0].get_title(loc='left')}: from only {len(complete)} trials, a rough "
                                   f"guide, not a ranking (trust it from ~{FEW_TRIALS})", loc="left")

@@ -353,19 +353,22 @@ def test_a_small_studys_figures_have_whole_trial_numbers_and_no_white_trials():
     matplotlib.use("Agg")
     import optuna
     import optuna.visualization.matplotlib as views
-    from matplotlib.ticker import MaxNLocator
 
-    from cnnlab.study_figures import _readable
+    from cnnlab.study_figures import _readable, _whole_numbers
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda trial: trial.suggest_float("train.optimizer.learning_rate", 1e-4, 1e-1, log=True),
                    n_trials=4)
     history = views.plot_optimization_history(study)
-    _readable(history, integer_x=True, locator=MaxNLocator)
+    _whole_numbers(history.figure)
     ticks = [tick for tick in history.get_xticks() if history.get_xlim()[0] <= tick <= history.get_xlim()[1]]
     assert ticks and all(float(tick).is_integer() for tick in ticks)
     panel = views.plot_slice(study)  # one key: one panel
-    _readable(panel, integer_x=False, locator=MaxNLocator)
+    _readable(panel)
+    _whole_numbers(panel.figure)
+    [colour_bar] = [ax for ax in panel.figure.axes if ax.get_ylabel() == "Trial"]  # the trial numbers' colours
+    bar_ticks = [tick for tick in colour_bar.get_yticks() if colour_bar.get_ylim()[0] <= tick <= colour_bar.get_ylim()[1]]
+    assert bar_ticks and all(float(tick).is_integer() for tick in bar_ticks)
     assert panel.get_facecolor()[:3] == (1.0, 1.0, 1.0)
     coloured = [artist for artist in panel.collections if artist.get_array() is not None]
     assert coloured and all(artist.get_cmap().name == "viridis" for artist in coloured)  # no white end
