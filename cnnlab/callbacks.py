@@ -299,7 +299,8 @@ class TrackEpochs(keras.callbacks.Callback):
 
     It reads the recorder's own list, so it sends exactly the epochs written to the run directory
     (an epoch the `DivergenceGuard` stopped is not one); put it after the recorder. `send` only
-    queues them (`cnnlab.track.Tracker.epochs`), so the epoch does not wait for a tracking server.
+    writes them to the logging process (`cnnlab.track.Tracker.epochs`): the epoch never waits for
+    a tracking server.
 
     Args:
         rows: the `RunRecorder`'s rows (the finished epochs, appended to in place).
@@ -313,7 +314,8 @@ class TrackEpochs(keras.callbacks.Callback):
 
     def __init__(self, rows: list[dict], send: Callable[[list[dict]], None]):
         super().__init__()
-        self.rows, self.send, self.sent = rows, send, 0  # a resumed run's earlier epochs go to its new MLflow run too
+        # a resumed run's earlier epochs too: a new MLflow run needs them, a continued one drops those it has
+        self.rows, self.send, self.sent = rows, send, 0
 
     def on_epoch_end(self, epoch, logs=None):
         if len(self.rows) > self.sent:

@@ -152,7 +152,7 @@ def open_plain_png(path: str) -> Image.Image | None:
         return None
     width, height = image.size
     if (image.format != "PNG" or image.mode not in ("L", "RGB") or "transparency" in image.info
-            or width * height >= _SMALL_PNG or min(width, height) < MIN_SIDE or "exif" in image.info):
+            or width * height >= _SMALL_PNG or min(width, height) < MIN_SIDE):
         image.close()
         return None
     try:
@@ -160,7 +160,7 @@ def open_plain_png(path: str) -> Image.Image | None:
     except Exception:  # noqa: BLE001
         image.close()
         return None
-    if "exif" in image.info:  # an eXIf chunk after the pixels: open_image turns the picture upright
+    if "exif" in image.info:  # an eXIf chunk (before or after the pixels): open_image turns the picture upright
         return None
     return image
 

@@ -13,8 +13,6 @@ from cnnlab import rundir
 from cnnlab.study_storage import FIGURES
 
 FEW_TRIALS = 10  # complete trials below which parameter importances are only a rough guide
-
-
 WHOLE_NUMBER_LABELS = ("Trial", "epoch")  # axes (and colour bars) of trial numbers or epochs
 
 

@@ -30,7 +30,7 @@ A resumed run continues its MLflow run (run.json's `mlflow.run_id`) when it is i
 Example:
     session = begin(cfg, "runs")                           # None when cfg.track is None
     ... import TensorFlow, load the data, make the run directory ...
-    tracker = start(cfg, run_dir, "configs/cnn.yaml", session)
+    tracker = start(cfg, run_dir, session)                 # run.json names the config file
     callbacks = [RunRecorder(...), *callbacks_for(tracker, rows)]
     ...
     finish(tracker)                                        # reads run.json's status and metrics.json
@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -186,8 +185,7 @@ class Session:
         self._run_ids: dict[str, str] = {}
         self._answered = threading.Condition()
         self._ended = self._closed = False
-        self._keys = itertools.count()
-        self._runs = 0
+        self._runs = 0  # runs opened in it: each one's key is its number
         package = str(Path(__file__).resolve().parent.parent)  # the child imports this very cnnlab
         env = {**MLFLOW_DEFAULTS, **os.environ,
                "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
@@ -201,7 +199,7 @@ class Session:
     def key(self) -> str:
         """A new run's name in the messages to the logging process."""
         self._runs += 1
-        return str(next(self._keys))
+        return str(self._runs - 1)
 
     def send(self, **message) -> None:
         if self.failed:
@@ -289,7 +287,6 @@ class Tracker:
                  folder: Path, parent: Tracker | None = None, resume: tuple[str, int] | None = None,
                  owner: bool = True, attach: str | None = None):
         self.session, self.folder, self.owner, self.attached = session, folder, owner, attach is not None
-        self.uri, self.experiment = session.uri, session.experiment
         self.key = session.key()
         self._last_step = 0
         session.send(op="open", run=self.key, name=run_name, params=params, tags=tags,
@@ -304,22 +301,21 @@ class Tracker:
             self._last_step = max(self._last_step, *(int(row["epoch"]) for row in rows))
         self.session.send(op="metrics", run=self.key, batch=batch)
 
-    def finish(self, status: str, metrics: dict[str, float], files: list[Path], tags: dict[str, str] | None = None,
+    def finish(self, status: str, metrics: dict[str, float], files: list[Path],
                timeout: float = FINISH_TIMEOUT) -> str | None:
-        """Log the final metrics, tags and files, end the run with `status` (FINISHED, KILLED, FAILED).
+        """Log the final metrics and files, end the run with `status` (FINISHED, KILLED, FAILED).
 
         The run that owns the session waits (at most `timeout`) for everything to reach the store.
         Returns the MLflow run id (None if the run never opened).
         """
         stamp = int(time.time() * 1000)
         if not self.attached:  # an attached run is ended by the process that made it
-            self.session.send(op="close", run=self.key, status=status, tags=tags or {},
+            self.session.send(op="close", run=self.key, status=status,
                               batch=[(name, value, stamp, self._last_step) for name, value in metrics.items()],
                               files=[str(path) for path in files])
         if self.owner:
             self.session.close(timeout)
         return self.session.run_id(self.key, timeout=5)
-
 
 
 def begin(cfg, runs_dir: str | Path, parent: Tracker | None = None, chief: bool = True,
@@ -335,14 +331,13 @@ def begin(cfg, runs_dir: str | Path, parent: Tracker | None = None, chief: bool 
     return Session(store_uri(settings.uri, runs_dir), settings.experiment or cfg.name, say)
 
 
-def start(cfg, run_dir: Path, source: str | Path, session: Session | None = None,
-          parent: Tracker | None = None) -> Tracker | None:
+def start(cfg, run_dir: Path, session: Session | None = None, parent: Tracker | None = None) -> Tracker | None:
     """The Tracker of a run about to train in `run_dir` (None without a session or a parent).
 
     Args:
         cfg: the run's `cnnlab.config.Config`.
-        run_dir: its run directory; a resumed run's run.json names the MLflow run it continues.
-        source: the config file (its git commit is tagged).
+        run_dir: its run directory: run.json names the config file (its git commit is tagged) and,
+            for a resumed run, the MLflow run it continues.
         session: the logging process `begin` started for this run.
         parent: a study's Tracker (`cnnlab tune`): the run is its child, in its store and experiment.
     """
@@ -356,8 +351,8 @@ def start(cfg, run_dir: Path, source: str | Path, session: Session | None = None
     earlier = info.get("mlflow") or {}
     resume = ((earlier["run_id"], int(info.get("epochs_completed") or 0))
               if earlier.get("store") == shown(session.uri) and earlier.get("run_id") else None)
-    return Tracker(session, folder.name, params, tags_of(cfg, folder, source), folder, parent, resume,
-                   owner=parent is None)
+    return Tracker(session, folder.name, params, tags_of(cfg, folder, info.get("config_source", "")), folder,
+                   parent, resume, owner=parent is None)
 
 
 @contextlib.contextmanager
@@ -431,7 +426,7 @@ def finish(tracker: Tracker | None) -> None:
     run_id = tracker.finish(STATUS.get(info.get("status"), "FAILED"), metrics, files)
     if run_id is not None and info:
         try:
-            rundir.update_json(folder / rundir.RUN, mlflow={"store": shown(tracker.uri), "run_id": run_id})
+            rundir.update_json(folder / rundir.RUN, mlflow={"store": shown(tracker.session.uri), "run_id": run_id})
         except Exception:  # noqa: BLE001 - a run.json that cannot be written lost more than this
             pass
 

@@ -11,7 +11,7 @@ gave it:
     {"op": "open", "run": "0", "name": ..., "params": {...}, "tags": {...}, "parent": null,
      "resume": null or [MLflow run id, epochs it has], "attach": null or another process's run id}
     {"op": "metrics", "run": "0", "batch": [[name, value, stamp, step], ...]}
-    {"op": "close", "run": "0", "status": "FINISHED", "batch": [...], "files": [...], "tags": {...}}
+    {"op": "close", "run": "0", "status": "FINISHED", "batch": [...], "files": [...]}
 and answers one JSON line per event on its own stdout: {"opened": "0", "run_id": ...} once a run
 exists, {"warning": "TypeName: first line"} at the first failure, after which it logs nothing more.
 At the end of its input (the training process closed it, or died) it ends the runs still open
@@ -44,8 +44,7 @@ class Channel:
         self.out = os.fdopen(os.dup(1), "w", encoding="utf-8")
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
-        os.close(devnull)
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        os.close(devnull)  # (sys.stdout writes to file descriptor 1: now nowhere)
 
     def say(self, **message) -> None:
         self.out.write(json.dumps(message) + "\n")
@@ -163,8 +162,6 @@ class Store:
     def _close(self, key: str, message: dict) -> None:
         run_id = self.runs[key]
         self._metrics(run_id, message["batch"])
-        for name, value in message["tags"].items():
-            self.client.set_tag(run_id, name, value, synchronous=True)
         for path in map(Path, message["files"]):
             if path.is_file():
                 self.client.log_artifact(run_id, str(path))

@@ -292,7 +292,7 @@ def _fit(cfg: Config, plan: ModelPlan, data: ImageData, run_dir: Path, backend, 
     if quiet:  # Keras' progress bars and messages go to absl logging, which shows only warnings
         keras.config.disable_interactive_logging()
     hooks = hooks or Hooks()
-    tracker = track.start(cfg, run_dir, rundir.read_json(run_dir / rundir.RUN)["config_source"], session, hooks.track)
+    tracker = track.start(cfg, run_dir, session, hooks.track)
     try:
         return _train_and_score(cfg, plan, data, run_dir, backend, echo, rows, quiet, start, dist, hooks, tracker)
     except KeyboardInterrupt:

@@ -287,7 +287,7 @@ def test_only_the_chief_and_only_a_tracked_config_start_a_logging_process(tmp_pa
     assert track.begin(cfg, tmp_path / "runs", chief=False) is None
     data.pop("track")
     assert track.begin(validate_config(data, "x.yaml"), tmp_path / "runs") is None
-    assert track.start(validate_config(data, "x.yaml"), tmp_path / "run", "x.yaml") is None  # no session
+    assert track.start(validate_config(data, "x.yaml"), tmp_path / "run") is None  # no session
 
 
 def test_the_training_process_never_imports_mlflow_its_logging_process_does(tmp_path, no_tracking_env):
