@@ -338,6 +338,37 @@ def test_large_photos_decode_on_threads_to_the_same_rows(tmp_path):
         np.testing.assert_array_equal(images[[i]][0], decode_file(manifest.path(i), spec))
 
 
+def test_the_garbage_collector_is_paused_while_decoding_and_back_on_after_it(tmp_path):
+    """Decoding pauses Python's collector (it walked every imported object between files) and
+    always turns it back on: left off, the rest of a training run would never free a cycle."""
+    import gc
+    from contextlib import contextmanager
+
+    folder = write_shapes_folder(tmp_path / "shapes", per_class=4)
+    manifest = scan("folder", str(folder), "c")
+    spec = describe(validate_config(shapes_config(folder), "c").data).spec
+    seen = []
+
+    def progress(total, label, stop=False):
+        @contextmanager
+        def bar():
+            def update(n):
+                seen.append(gc.isenabled())
+                if stop:
+                    raise KeyboardInterrupt  # Ctrl-C while the bar updates
+
+            yield update
+
+        return bar()
+
+    assert gc.isenabled()
+    decoded_images(manifest, spec, tmp_path / "cache", progress)
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(KeyboardInterrupt):
+        decoded_images(manifest, spec, tmp_path / "other-cache", lambda t, label: progress(t, label, stop=True))
+    assert gc.isenabled()
+
+
 def test_a_relative_data_path_is_read_from_the_config_files_folder(runner, tmp_path, monkeypatch):
     """Issue 27: `data.path: photos` worked only from the folder the run was trained in."""
     project = tmp_path / "project"
