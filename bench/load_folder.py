@@ -1,6 +1,6 @@
 """Load every image of a class-folder data set once, the cnnlab way or the Keras way; print the time.
 
-    python bench/load_folder.py cnnlab FOLDER --cache DIR [--size 28] [--color grayscale]
+    python bench/load_folder.py cnnlab FOLDER --cache DIR [--size 28] [--color grayscale] [--interpolation area]
     python bench/load_folder.py keras FOLDER [--size 28] [--color grayscale]
 
 cnnlab: `cnnlab.data.load` (decoded once into the cache under --cache, then read from it),
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--cache")
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--color", default="grayscale", choices=["grayscale", "rgb"])
+    parser.add_argument("--interpolation", default="bilinear", help="cnnlab's data.interpolation (Keras: bilinear)")
     args = parser.parse_args()
     if args.side == "cnnlab":
         import PIL.Image  # noqa: F401  (imports are left out of the time on both sides)
@@ -33,7 +34,7 @@ def main() -> None:
         from cnnlab.data import describe, load
 
         data = DataSection(dataset="folder", path=args.folder, image_size=[args.size, args.size],
-                           color=args.color, cache_dir=args.cache)
+                           color=args.color, interpolation=args.interpolation, cache_dir=args.cache)
         started = time.perf_counter()
         loaded = load(data, describe(data))
         count = 0
