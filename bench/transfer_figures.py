@@ -150,16 +150,14 @@ def rows(results: dict) -> list[Row]:
                        median_meets(speedup, lambda v: v >= 5)))
     decoding = photos.get("decoding")
     if decoding and decoding["cnnlab_cold"] and decoding["keras"]:
-        side = decoding.get("size", 224)
-        n = f"{decoding['images']} photos at {side}x{side}"
-        interpolation = decoding.get("interpolation", "bilinear")
-        out.append(Row(f"decode {n}, cnnlab cold ({interpolation}, as photos_transfer.yaml)",
+        n = f"{decoding['images']} photos at {decoding['size']}x{decoding['size']}"
+        out.append(Row(f"decode {n}, cnnlab cold ({decoding['interpolation']}, as photos_transfer.yaml)",
                        decoding["cnnlab_cold"], "{:.0f} images/s"))
         out.append(Row(f"decode {n}, keras image_dataset_from_directory", decoding["keras"], "{:.0f} images/s"))
         ratio = [c / k for c, k in zip(decoding["cnnlab_cold"], decoding["keras"])]
         out.append(Row("**ratio cnnlab cold / Keras, photo decoding**", ratio, "{:.2f}", ">= 1.0",
                        median_meets(ratio, lambda v: v >= 1.0)))
-        if decoding.get("cnnlab_bilinear"):
+        if decoding["cnnlab_bilinear"]:
             out.append(Row(f"decode {n}, cnnlab cold (bilinear, the default)", decoding["cnnlab_bilinear"],
                            "{:.0f} images/s"))
             ratio = [c / k for c, k in zip(decoding["cnnlab_bilinear"], decoding["keras"])]

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from typing import Callable, Iterator
 
 from cnnlab import rundir
@@ -61,14 +61,12 @@ def init_backend(device: str):
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # takes effect only before TensorFlow starts
     first = "tensorflow" not in sys.modules
-    with _start_up_lines_hidden(not verbose and first):
-        if first:  # Python's collector would walk the import's objects hundreds of times: ~0.5 s
-            gc.disable()
+    # Python's collector would walk the import's objects hundreds of times: ~0.5 s
+    with _start_up_lines_hidden(not verbose and first), collector_paused() if first else nullcontext():
         try:
             import keras
         finally:
             if first:
-                gc.enable()
                 # TensorFlow's modules live as long as the process: kept out of every later
                 # collection (and of the ones at exit, which took ~1 s after training).
                 gc.freeze()
@@ -91,6 +89,24 @@ def init_backend(device: str):
         tf.config.set_visible_devices([], "GPU")
         gpus = []
     return keras, (f"GPU ({', '.join(gpu.name for gpu in gpus)})" if gpus else f"CPU ({os.cpu_count()} cores)")
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a burst of short-lived objects, then as it was.
+
+    For work that makes many objects, freed by their reference counts, in a process that has
+    imported many long-lived ones: each collection it triggers walks all of those, holding the
+    GIL (TensorFlow's import here; a folder's decoding in `cnnlab.data.cache`, where processes
+    forked for it inherit the pause).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def environment(keras, device_name: str) -> dict:

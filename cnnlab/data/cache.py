@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import multiprocessing as mp
@@ -31,12 +30,13 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import ContextManager
 
 import numpy as np
 
+from cnnlab.backend import collector_paused
 from cnnlab.data.files import Manifest
 from cnnlab.data.spec import ImageSpec
 from cnnlab.errors import CnnlabError
@@ -207,31 +207,13 @@ def _decode_all(manifest: Manifest, spec: ImageSpec, fingerprint: list[list], pr
     plain = not isinstance(pool, ThreadPoolExecutor)
     work = [(manifest.root, manifest.files[a:b], spec, plain) for a, b in chunks]
     bar = progress(total, f"decoding {total:,} images ...") if progress else nullcontext(lambda n: None)
-    with bar as update, _collector_paused(), pool or nullcontext():
+    with bar as update, collector_paused(), pool or nullcontext():  # (why: bench/RESULTS.md, third session)
         decoded = pool.map(_decode_chunk, work) if pool else map(_decode_chunk, work)
         for (start, stop), (rows, why) in zip(chunks, decoded):
             bad.update({start + j: reason for j, reason in why.items()})
             put(start, rows)
             update(stop - start)
     return bad
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a folder decodes (and in the processes forked for it).
-
-    Each picture makes a few short-lived objects, freed by their reference counts; counting them,
-    the collector walked all of the command's imported objects (sklearn's, Pillow's, ...) again
-    and again, holding the lock the decoding threads need between files (a sixth of a cold pass
-    over a photo folder, in perf; bench/RESULTS.md). It is on again afterwards, whatever happened.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _decode_chunk(work: tuple[Path, list[str], ImageSpec, bool]) -> tuple[np.ndarray, dict[int, str]]:
